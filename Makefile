@@ -1,0 +1,46 @@
+# make demo   train the tiny TuringNLG on the bundled corpus (CPU, a few minutes), then generate
+# make test   the test suite (CPU; GPU tests run too where CUDA is present)
+# make bench  the benchmarks (each prints ratios against a peer measured in the same run)
+#
+# Each target creates .venv and installs the project with its dev extra when .venv is missing.
+# Where there is no NVIDIA GPU the CPU build of PyTorch is installed (TORCH_CPU). Elsewhere than
+# this project's CI you may want PyTorch's CPU wheel index: make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+PYTEST_ARGS ?=
+
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean-venv
+
+install: $(STAMP)
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the default (CUDA) PyTorch build"; \
+		$(PY) -m pip install -q "torch>=2.4"; \
+	else \
+		echo "no NVIDIA GPU: installing the CPU PyTorch build ($(TORCH_CPU))"; \
+		$(PY) -m pip install -q "$(TORCH_CPU)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) recipes/pretrain_nlg.py --config tiny.yaml --demo true
+
+bench: $(STAMP)
+	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/train.py
+
+clean-venv:
+	rm -rf $(VENV)
