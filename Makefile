@@ -40,6 +40,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/generate.py
+	$(PY) benchmarks/data.py
 	$(PY) benchmarks/train.py
 
 clean-venv:

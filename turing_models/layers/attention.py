@@ -6,8 +6,10 @@ Model code computes q, k, v and calls :func:`dot_product_attention` (dense, batc
 
 * ``"eager"``: plain PyTorch matmul + softmax; the reference every other path is tested against.
 * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``.
-* ``"turing"``: the Triton kernels of ``turing_kernels`` (CUDA only), imported lazily so this
-  package imports without Triton or a GPU.
+* ``"turing"``: the Triton flash-attention kernel of ``turing_kernels`` (CUDA; on the CPU only
+  under ``TRITON_INTERPRET=1``, for tests), imported lazily so this package imports without Triton
+  or a GPU. Key-padding masks (alone or with the causal mask) and dropout run in the kernel; any
+  other mask falls back to SDPA.
 
 Shapes: dense q is ``[batch, heads, q_len, head_dim]`` and k, v are ``[batch, heads, k_len,
 head_dim]``; varlen q, k, v are ``[total_tokens, heads, head_dim]``. ``attn_mask`` is boolean,
@@ -35,6 +37,17 @@ def turing_kernels_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def fused_kernels_usable(*tensors: Optional[torch.Tensor]) -> bool:
+    """True when the fused Triton kernels can run on these tensors: CUDA tensors with Triton, or CPU
+    tensors under Triton's interpreter (``TRITON_INTERPRET=1``, used by the tests). The ``fused_*``
+    flags of the layers fall back to plain PyTorch where this is False."""
+    try:
+        from turing_kernels import can_run
+    except ImportError:
+        return False
+    return can_run(*tensors)
 
 
 def default_attn_implementation() -> str:

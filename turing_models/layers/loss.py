@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .attention import fused_kernels_usable
+
 
 def linear_cross_entropy(
     hidden: torch.Tensor,
@@ -32,7 +34,7 @@ def linear_cross_entropy(
     """
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
-    if fused and hidden.is_cuda:
+    if fused and fused_kernels_usable(hidden, weight):
         from turing_kernels.cross_entropy import fused_linear_cross_entropy
 
         return fused_linear_cross_entropy(

@@ -4,7 +4,8 @@
 dicts match transformers' checkpoints). Called as ``norm(x)`` it returns the normalised ``x``;
 called as ``norm(x, residual=r)`` it returns ``(normalised(x + r), x + r)`` so a pre-LN block can
 hand the sum on as the next residual. With ``fused=True`` on CUDA the Triton kernel of
-``turing_kernels`` does both in one pass; elsewhere the plain PyTorch path runs.
+``turing_kernels`` does both in one pass (fp32 statistics; the sum is normalised as returned);
+where the kernel cannot run the plain PyTorch path runs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .attention import fused_kernels_usable
+
 
 class LayerNorm(nn.LayerNorm):
     def __init__(self, hidden_size: int, eps: float = 1e-5, fused: bool = False, **kwargs):
@@ -21,7 +24,7 @@ class LayerNorm(nn.LayerNorm):
         self.fused = fused
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
-        if self.fused and x.is_cuda:
+        if self.fused and fused_kernels_usable(x, self.weight, residual):
             from turing_kernels.layernorm import layer_norm
 
             return layer_norm(x, self.weight, self.bias, self.eps, residual=residual)

@@ -1,0 +1,103 @@
+"""GPT-2 parity: checkpoints convert on load (folder and offline Hub id) and export back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nlg_helpers import GPT2_SHAPES, make_hub_snapshot, read_json, save_gpt2, tiny_model
+
+from turing_models.convert import export_gpt2
+from turing_models.nlg import TuringNLG, TuringNLGModel
+
+
+def _batch(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (3, 14), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    mask[2, :9] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", list(GPT2_SHAPES))
+def test_gpt2_logits_and_greedy_tokens_match(gpt2_folders, name):
+    folder, gpt2 = gpt2_folders[name]
+    ours = TuringNLG.from_pretrained(folder)
+    assert not ours.training and ours.config.activation == "gelu_tanh"
+    assert ours.config.tie_word_embeddings == gpt2.config.tie_word_embeddings
+    ids, mask = _batch(gpt2.config.vocab_size)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        unpadded_ref, unpadded = gpt2(ids).logits, ours(ids).logits
+        padded_ref = gpt2(ids, attention_mask=mask, position_ids=positions).logits
+        padded = ours(ids, attention_mask=mask).logits  # positions derived from the mask
+    assert (unpadded - unpadded_ref).abs().max().item() < 1e-5
+    keep = mask.bool()
+    assert (padded[keep] - padded_ref[keep]).abs().max().item() < 1e-5
+
+    kw = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(ids, **kw), gpt2.generate(ids, **kw))
+    assert torch.equal(ours.generate(ids, attention_mask=mask, **kw), gpt2.generate(ids, attention_mask=mask, **kw))
+
+
+def test_export_round_trip(gpt2_folders, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    folder, gpt2 = gpt2_folders["l2-h64-a4"]
+    ours = TuringNLG.from_pretrained(folder)
+    export_gpt2(ours, tmp_path / "gpt2")
+    assert read_json(tmp_path / "gpt2" / "config.json")["model_type"] == "gpt2"
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    ref = gpt2.state_dict()
+    for key, value in back.state_dict().items():
+        assert torch.equal(value, ref[key]), key
+    # and a native TuringNLG folder exports too, padded vocabulary rows dropped
+    model = tiny_model(activation="gelu_tanh")
+    model.save_pretrained(tmp_path / "nlg")
+    export_gpt2(tmp_path / "nlg", tmp_path / "gpt2b")
+    again = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2b").eval()
+    assert again.config.vocab_size == 300
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        assert (again(ids).logits - model(ids).logits).abs().max().item() < 1e-5
+
+
+def test_untied_gpt2_keeps_its_own_head(gpt2_folders):
+    folder, gpt2 = gpt2_folders["l1-h128-a8-untied"]
+    ours = TuringNLG.from_pretrained(folder)
+    assert ours.lm_head.weight.data_ptr() != ours.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(ours.lm_head.weight, gpt2.lm_head.weight)
+
+
+def test_bare_decoder_loads_from_gpt2(gpt2_folders):
+    folder, gpt2 = gpt2_folders["l2-h64-a4"]
+    ours = TuringNLGModel.from_pretrained(folder)
+    ids = torch.randint(0, 300, (1, 7))
+    with torch.no_grad():
+        ref = gpt2.transformer(ids).last_hidden_state
+        assert (ours(ids).last_hidden_state - ref).abs().max().item() < 1e-5
+
+
+def test_hub_id_resolves_offline_from_the_cache(tmp_path, monkeypatch, gpt2_folders):
+    import huggingface_hub.constants as hub_constants
+
+    folder, gpt2 = gpt2_folders["l2-h64-a4"]
+    cache = tmp_path / "hub"
+    make_hub_snapshot(cache, "someone/tiny-gpt2", folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    ours = TuringNLG.from_pretrained("someone/tiny-gpt2")
+    ids = torch.randint(0, 300, (2, 6))
+    with torch.no_grad():
+        assert (ours(ids).logits - gpt2(ids).logits).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="no config.json"):
+        TuringNLG.from_pretrained("someone/not-in-the-cache")
+
+
+def test_gpt2_dtype_and_generation_config(tmp_path):
+    save_gpt2(tmp_path, n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16)
+    model = TuringNLG.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert model.generation_config is not None

@@ -1,0 +1,62 @@
+"""One training run of a tiny TuringNLG on a PackedDataset; launched directly or by torchrun.
+
+    python dist_worker.py --data DIR --out DIR --engine none --steps 4 --global-batch 4 --micro 4
+    torchrun --nproc_per_node 2 dist_worker.py ... --engine zero3 --micro 2
+
+Rank 0 writes ``<out>/result.json`` with the per-step losses (and the export path when asked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _tiny import SEQ, tiny_model  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--engine", default="none")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--global-batch", type=int, default=4)
+    p.add_argument("--micro", type=int, default=4)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--export", action="store_true")
+    args = p.parse_args()
+
+    from turing_models.data import PackedDataset
+    from turing_models.training import Trainer, TrainerConfig
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    ds = PackedDataset(args.data, "train", seq_len=SEQ, seed=0, shuffle=True, rank=rank, world_size=world)
+    model = tiny_model(hidden_dropout=0.0, attention_dropout=0.0)
+    cfg = TrainerConfig(run_name="run", output_dir=args.out, max_steps=args.steps,
+                        global_batch_size=args.global_batch, micro_batch_size=args.micro, lr=3e-3,
+                        warmup_steps=1, log_every=1, progress=False, tensorboard=False,
+                        distributed=args.engine, save_every_steps=args.save_every, keep_last=5)
+    trainer = Trainer(model, ds, config=cfg)
+    summary = trainer.fit(resume=args.resume)
+    final = str(trainer.save_final()) if args.export else None
+    if trainer.accelerator.is_main_process:
+        result = {"losses": trainer.losses, "summary": summary, "final": final,
+                  "world": trainer.accelerator.num_processes,
+                  "distributed_type": str(trainer.accelerator.distributed_type),
+                  "model_class": type(trainer.model).__name__}
+        Path(args.out, "result.json").write_text(json.dumps(result))
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""pretrain_nlu.py: masked LM and replaced-token detection on a tiny TuringNLU, and every config."""
+
+import pytest
+
+from _tiny import load_recipe
+from test_recipes import TEXT
+
+NLU_CONFIGS = ["tiny", "tiny-electra", "base", "base-electra", "large", "large-electra", "xl"]
+SMALL = ["--model.overrides", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}",
+         "--data.seq_len", "32", "--train.global_batch_size", "4", "--train.micro_batch_size", "2",
+         "--train.max_steps", "3", "--train.eval_steps", "2", "--train.progress", "false",
+         "--train.tensorboard", "false", "--train.warmup_steps", "1", "--train.log_every", "1"]
+
+
+@pytest.mark.parametrize("name", NLU_CONFIGS)
+def test_configs_plan(name, capsys):
+    load_recipe("pretrain_nlu").main(["--config", name, "--dry-run", "true"])
+    out = capsys.readouterr().out
+    assert "config OK: TuringNLU" in out and "FLOPs per token" in out
+
+
+@pytest.mark.parametrize("objective", ["mlm", "electra"])
+def test_short_pretraining_exports_encoder(objective, tmp_path):
+    from turing_models.nlu import TuringNLUForSequenceClassification
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT)
+    summary = load_recipe("pretrain_nlu").main(
+        ["--config", "tiny.yaml", *SMALL, "--model.objective", objective, "--data.corpus", str(corpus),
+         "--data.cache_dir", str(tmp_path / "cache"), "--train.output_dir", str(tmp_path / "runs"),
+         "--train.save_every_steps", "3"])
+    assert summary["status"] == "completed" and summary["step"] == 3
+    assert summary["eval_loss"] > 0
+    head = TuringNLUForSequenceClassification.from_pretrained(summary["final"], num_labels=2)
+    assert head.config.hidden_size == 32

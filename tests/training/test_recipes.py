@@ -1,0 +1,110 @@
+"""The pretraining recipes end to end: bad input, a short run with export, kill -9 and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _tiny import RECIPES, load_recipe
+
+TEXT = "\n\n".join(
+    f"First Citizen:\nWe are accounted poor citizens, the patricians good {i}.\n"
+    f"What authority surfeits on would relieve us: if they would yield us but the superfluity."
+    for i in range(120)
+)
+SMALL = ["--model.overrides", "{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2}",
+         "--data.seq_len", "32", "--train.global_batch_size", "4", "--train.micro_batch_size", "2",
+         "--train.log_every", "1", "--train.eval_steps", "2", "--train.progress", "false",
+         "--train.tensorboard", "false", "--train.warmup_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def args(tmp_path, corpus, *extra):
+    return ["--config", "tiny.yaml", *SMALL, "--data.corpus", str(corpus),
+            "--data.cache_dir", str(tmp_path / "cache"), "--train.output_dir", str(tmp_path / "runs"), *extra]
+
+
+def usage_error(argv, capsys, recipe="pretrain_nlg"):
+    with pytest.raises(SystemExit) as exc:
+        load_recipe(recipe).main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--train.lrr", "1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
+    (["--train.max_steps", "ten"], "bad value for 'train.max_steps'"),
+    (["--train.global_batch_size", "6", "--train.micro_batch_size", "4"],
+     "train.global_batch_size=6 is not a multiple of train.micro_batch_size=4 x world size 1 = 4"),
+    (["--model.overrides", "{hiden_size: 8}"], "'model.overrides.hiden_size'; did you mean 'model.overrides.hidden_size'?"),
+    (["--data.corpus", "/nonexistent/corpus.txt"], "data.corpus /nonexistent/corpus.txt does not exist"),
+    (["--data.seq_len", "4096"], "exceeds the model's context"),
+])
+def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, corpus, capsys):
+    line = usage_error(args(tmp_path, corpus, *extra), capsys)
+    assert message in line
+
+
+def test_bad_config_name(capsys):
+    assert "config 'nope.yaml' not found" in usage_error(["--config", "nope.yaml"], capsys)
+
+
+def test_short_run_exports_and_refuses_other_model(tmp_path, corpus, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    summary = load_recipe("pretrain_nlg").main(args(tmp_path, corpus, "--train.max_steps", "4",
+                                                    "--train.save_every_steps", "2", "--demo", "true",
+                                                    "--generate.max_new_tokens", "5"))
+    out = capsys.readouterr().out
+    assert summary["status"] == "completed" and summary["step"] == 4
+    assert "unigram baseline perplexity" in out and "--- sample (prompt 'ROMEO:') ---" in out
+    final = Path(summary["final"])
+    assert AutoModelForCausalLM.from_pretrained(final).config.hidden_size == 32
+    assert AutoTokenizer.from_pretrained(final).eos_token == "<|endoftext|>"
+    capsys.readouterr()
+    other = args(tmp_path, corpus, "--train.max_steps", "6", "--resume", "auto")
+    other[other.index("--model.overrides") + 1] = "{hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2}"
+    assert "belongs to another model: hidden_size=32" in usage_error(other, capsys)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_auto(tmp_path, corpus):
+    """kill -9 while training and checkpointing every step (the kill often lands mid-write);
+    the next run resumes from the newest complete checkpoint and finishes."""
+    cmd = [sys.executable, str(RECIPES / "pretrain_nlg.py"),
+           *args(tmp_path, corpus, "--train.max_steps", "500", "--train.save_every_steps", "1",
+                 "--train.keep_last", "3")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpts = tmp_path / "runs" / "nlg-tiny" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpts / "step-00000003" / "trainer_state.json").exists():
+        time.sleep(0.2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    complete = sorted(p.name for p in ckpts.glob("step-*") if (p / "trainer_state.json").exists())
+    assert complete, "no checkpoint was written before the kill"
+    last = int(complete[-1].split("-")[1])
+    again = [sys.executable, str(RECIPES / "pretrain_nlg.py"),
+             *args(tmp_path, corpus, "--train.max_steps", str(last + 2), "--train.save_every_steps", "1",
+                   "--train.keep_last", "3", "--resume", "auto")]
+    resumed = subprocess.run(again, capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {ckpts / complete[-1]} at step {last}" in resumed.stdout + resumed.stderr
+    state = json.loads((ckpts / f"step-{last + 2:08d}" / "trainer_state.json").read_text())
+    assert state["step"] == last + 2 and len(state["losses"]) == last + 2
+    assert not list(ckpts.glob(".tmp-*")), "partial folders are cleared by the next save"
