@@ -11,7 +11,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 TORCH_INDEX_URL ?=
-PYTEST_ARGS ?=
+# two xdist workers (one torch thread each, see tests/conftest.py); files stay whole on one worker
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 STAMP := $(VENV)/.installed
 
@@ -41,6 +42,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/data.py
+	$(PY) benchmarks/encoder_unpad.py
 	$(PY) benchmarks/train.py
 
 clean-venv:

@@ -98,7 +98,8 @@ with a few overrides, then the loss curve read back from the run's `metrics.json
 STEPS = int(os.environ.get("TURING_NOTEBOOK_STEPS", 150))
 SEQ_LEN = int(os.environ.get("TURING_NOTEBOOK_SEQ_LEN", 128))
 CORPUS_CHARS = int(os.environ.get("TURING_NOTEBOOK_CORPUS_CHARS", 0))  # 0: the whole corpus
-OUT = Path(os.environ.get("TURING_NOTEBOOK_OUT", ROOT / "checkpoints" / "runs"))'''),
+OUT = Path(os.environ.get("TURING_NOTEBOOK_OUT", ROOT / "checkpoints" / "runs"))
+CACHE = Path(os.environ.get("TURING_NOTEBOOK_CACHE", ROOT / "data_cache"))  # tokenized corpus'''),
     ("code", '''\
 import importlib.util, json, tempfile
 
@@ -109,12 +110,12 @@ if CORPUS_CHARS:
     corpus = excerpt
 
 spec = importlib.util.spec_from_file_location("pretrain_nlg", ROOT / "recipes/pretrain_nlg.py")
-pretrain_nlg = importlib.util.module_from_spec(spec)
+pretrain_nlg = sys.modules["pretrain_nlg"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pretrain_nlg)
 
 summary = pretrain_nlg.main([
     "--config", "tiny.yaml", "--data.corpus", str(corpus), "--data.seq_len", str(SEQ_LEN),
-    "--data.cache_dir", str(OUT.parent / "data_cache" if OUT.name == "runs" else OUT / "data_cache"),
+    "--data.cache_dir", str(CACHE),
     "--train.max_steps", str(STEPS), "--train.log_every", str(max(1, STEPS // 30)),
     "--train.warmup_steps", str(max(1, STEPS // 10)), "--train.save_every_steps", "0",
     "--train.output_dir", str(OUT), "--train.run_name", "notebook-nlg-tiny",
@@ -124,7 +125,7 @@ run_dir = OUT / "notebook-nlg-tiny"
 print({k: summary[k] for k in ("step", "tokens", "eval_loss", "eval_ppl")})'''),
     ("md", "## The loss curve, from `metrics.jsonl`"),
     ("code", '''\
-import matplotlib
+%matplotlib inline
 import matplotlib.pyplot as plt
 
 records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -154,12 +155,14 @@ STEPS = int(os.environ.get("TURING_NOTEBOOK_STEPS", 200))
 MODEL = os.environ.get("TURING_NOTEBOOK_QA_MODEL", "tiny")
 MAX_TRAIN = os.environ.get("TURING_NOTEBOOK_MAX_TRAIN")  # examples; unset: all
 MAX_EVAL = os.environ.get("TURING_NOTEBOOK_MAX_EVAL")
+BATCH = os.environ.get("TURING_NOTEBOOK_BATCH")  # unset: the recipe's 16
+MAX_LENGTH = os.environ.get("TURING_NOTEBOOK_MAX_LENGTH")  # unset: the recipe's 256 tokens
 OUT = Path(os.environ.get("TURING_NOTEBOOK_OUT", ROOT / "checkpoints" / "runs"))'''),
     ("code", '''\
 import importlib.util, json
 
 spec = importlib.util.spec_from_file_location("finetune", ROOT / "recipes/finetune.py")
-finetune = importlib.util.module_from_spec(spec)
+finetune = sys.modules["finetune"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(finetune)
 
 argv = ["--task", "qa", "--model", MODEL, "--data", str(ROOT / "recipes/data/qa/xquad.en.json"),
@@ -170,6 +173,11 @@ if MAX_TRAIN:
     argv += ["--max_train_examples", MAX_TRAIN]
 if MAX_EVAL:
     argv += ["--max_eval_examples", MAX_EVAL]
+if BATCH:
+    argv += ["--train.global_batch_size", BATCH, "--train.micro_batch_size", BATCH]
+if MAX_LENGTH:
+    argv += ["--qa.max_length", MAX_LENGTH, "--qa.doc_stride", str(int(MAX_LENGTH) // 4),
+             "--qa.max_query_length", str(int(MAX_LENGTH) // 4)]
 result = finetune.main(argv)
 run_dir = Path(result["run_dir"])
 print(json.dumps({k: v for k, v in result["metrics"].items() if not isinstance(v, dict)}, indent=1))'''),

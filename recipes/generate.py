@@ -9,7 +9,7 @@ weights; a folder without one falls back to the built-in GPT-2 BPE.
 The prompt is PROMPT, or standard input when PROMPT is omitted or "-".
 
 Examples:
-  python recipes/generate.py checkpoints/runs/tiny-demo/final "Once upon a time"
+  python recipes/generate.py checkpoints/runs/nlg-tiny/final "Once upon a time"
   echo "The meaning of life is" | python recipes/generate.py openai-community/gpt2 --top-p 0.9
   python recipes/generate.py openai-community/gpt2 "Hello" --greedy --max-new-tokens 20
 

@@ -120,7 +120,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
               f"{train_ds.tokens_per_epoch:,} training tokens per epoch, "
               f"{cfg.train.global_batch_size * seq_len:,} tokens per step")
     trainer = Trainer(model, train_ds, val_ds, config=cfg.train, tokenizer=tokenizer)
-    summary = trainer.fit(resume=cfg.resume)
+    summary = trainer.fit(resume=cfg.resume, run_config=cfg)  # also writes run_dir/config.yaml
     if summary["status"] != "completed":
         if state.is_main_process:
             print(f"stopped at step {summary['step']}: checkpoint saved; rerun with --resume auto to continue")

@@ -129,7 +129,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         n = sum(p.numel() for p in model.parameters())
         print(f"TuringNLU {cfg.model.scale} ({cfg.model.objective}): {n / 1e6:.1f} M parameters, sequence {seq_len}")
     trainer = Trainer(model, train_ds, val_ds, config=cfg.train, collate_fn=collator, tokenizer=tokenizer)
-    summary = trainer.fit(resume=cfg.resume)
+    summary = trainer.fit(resume=cfg.resume, run_config=cfg)  # also writes run_dir/config.yaml
     if summary["status"] != "completed":
         if state.is_main_process:
             print(f"stopped at step {summary['step']}: checkpoint saved; rerun with --resume auto to continue")

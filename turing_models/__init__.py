@@ -29,6 +29,10 @@ from .nlu import (
     TuringNLUModel,
 )
 
+from turing_kernels import register_with_transformers as _register_turing_attention
+
+_register_turing_attention()  # "turing" in transformers' AttentionInterface (no Triton import)
+
 __all__ = [
     "NLG_SCALES",
     "NLU_SCALES",

@@ -355,8 +355,9 @@ def model_card(
     }.get(pipeline_tag or "", "AutoModel")
     ref = repo_id or str(model_dir)
     lines = [f"# {name}", ""]
-    lines += [description or f"A {'TuringNLG decoder' if model_type == 'turing_nlg' else 'TuringNLU encoder' if model_type == 'turing_nlu' else arch} "
-              "trained with turing-models (Hugging Face native Turing-style language models).", ""]
+    family = {"turing_nlg": "TuringNLG decoder", "turing_nlu": "TuringNLU encoder"}.get(model_type, arch)
+    lines += [description or f"A {family} trained with turing-models (Hugging Face native Turing-style "
+              "language models).", ""]
     lines += ["## Model", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
     lines += ["## Use", "", "```python", "import turing_models  # registers the Turing classes with transformers",
               f"from transformers import {auto}, AutoTokenizer", "",

@@ -51,9 +51,10 @@ def test_notebooks_are_stripped_and_up_to_date():
 
 TINY = {
     "01_quickstart": {"TURING_NOTEBOOK_MODEL": "", "TURING_NOTEBOOK_NEW_TOKENS": "8"},
-    "02_pretrain_tiny": {"TURING_NOTEBOOK_STEPS": "12", "TURING_NOTEBOOK_SEQ_LEN": "32",
-                         "TURING_NOTEBOOK_CORPUS_CHARS": "40000"},
-    "03_finetune_qa": {"TURING_NOTEBOOK_STEPS": "3", "TURING_NOTEBOOK_MAX_TRAIN": "24", "TURING_NOTEBOOK_MAX_EVAL": "8"},
+    "02_pretrain_tiny": {"TURING_NOTEBOOK_STEPS": "8", "TURING_NOTEBOOK_SEQ_LEN": "32",
+                         "TURING_NOTEBOOK_CORPUS_CHARS": "20000"},
+    "03_finetune_qa": {"TURING_NOTEBOOK_STEPS": "3", "TURING_NOTEBOOK_MAX_TRAIN": "24", "TURING_NOTEBOOK_MAX_EVAL": "8",
+                       "TURING_NOTEBOOK_BATCH": "4", "TURING_NOTEBOOK_MAX_LENGTH": "128"},
     "04_kernels": {},
 }
 
@@ -66,8 +67,8 @@ def test_notebook_runs(name, kernel_name, tmp_path, monkeypatch):
 
     if name == "04_kernels":
         pytest.importorskip("triton")
-    for key, value in {**TINY[name], "TURING_NOTEBOOK_OUT": str(tmp_path / "runs"), "HF_HUB_OFFLINE": "1",
-                       "MPLBACKEND": "Agg"}.items():
+    for key, value in {**TINY[name], "TURING_NOTEBOOK_OUT": str(tmp_path / "runs"),
+                       "TURING_NOTEBOOK_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}.items():
         monkeypatch.setenv(key, value)
     if name == "01_quickstart":
         monkeypatch.setenv("TURING_NOTEBOOK_MODEL", str(tmp_path / "no-checkpoint"))

@@ -101,3 +101,27 @@ def test_gpt2_dtype_and_generation_config(tmp_path):
     model = TuringNLG.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.generation_config is not None
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_streamed_conversion_in_small_chunks_is_exact(gpt2_folders, monkeypatch, dtype):
+    """Large tensors are read in row chunks (one short-lived mapping each): same values, any dtype."""
+    import turing_models.convert.gpt2 as gpt2_convert
+
+    monkeypatch.setattr(gpt2_convert, "_CHUNK_BYTES", 3000)  # a few rows per chunk, uneven last chunk
+    folder, gpt2 = gpt2_folders["l1-h128-a8-untied"]
+    ours = TuringNLG.from_pretrained(folder, dtype=dtype)
+    ref = gpt2.state_dict()
+    want = dtype or torch.float32
+    pairs = {
+        "model.embed_tokens.weight": ref["transformer.wte.weight"],
+        "model.layers.0.attention.qkv.weight": ref["transformer.h.0.attn.c_attn.weight"].t(),
+        "model.layers.0.mlp.fc_out.weight": ref["transformer.h.0.mlp.c_proj.weight"].t(),
+        "model.layers.0.mlp.fc_in.bias": ref["transformer.h.0.mlp.c_fc.bias"],
+        "lm_head.weight": ref["lm_head.weight"],
+    }
+    state = ours.state_dict()
+    for name, expected in pairs.items():
+        assert state[name].dtype == want, name
+        assert state[name].is_contiguous(), name
+        assert torch.equal(state[name], expected.to(want)), name

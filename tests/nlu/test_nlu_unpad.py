@@ -91,3 +91,14 @@ def test_inputs_embeds_and_no_mask_paths_agree():
         full = model(input_ids=ids[:1]).last_hidden_state
     torch.testing.assert_close(by_embeds[mask.bool()], by_ids[mask.bool()], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(full[0], by_ids[0], atol=1e-5, rtol=1e-5)
+
+
+def test_inference_fast_path_equals_autograd_path():
+    """Without autograd the packed attention writes over the query slices; same outputs."""
+    config = _config()
+    model = TuringNLUModel(config).eval()
+    ids, mask = _batch()
+    with torch.no_grad():
+        fast = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    slow = model(input_ids=ids, attention_mask=mask).last_hidden_state.detach()
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-6)

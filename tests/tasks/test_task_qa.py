@@ -150,9 +150,13 @@ def test_doc_stride_too_large_is_a_usage_error(wordpiece):
         qa.prepare_train_features([ex], wordpiece, max_length=64, doc_stride=60, max_query_length=16)
 
 
-def test_bundled_answers_round_trip_through_token_spans(xquad_path, wordpiece):
+@pytest.mark.parametrize("tokenizer", ["bert-wordpiece", "trained"])
+def test_bundled_answers_round_trip_through_token_spans(xquad_path, wordpiece, tokenizer):
+    from turing_models.data import load_tokenizer
+
+    tok = wordpiece if tokenizer == "trained" else load_tokenizer(tokenizer)
     examples, _ = qa.load_squad(xquad_path)
-    report = qa.answer_roundtrip(examples, wordpiece, max_length=384, doc_stride=128)
+    report = qa.answer_roundtrip(examples, tok, max_length=256, doc_stride=96)
     assert report.answers == 1190
     assert report.outside_windows == 0
     assert report.exact_share >= 0.99, report.failures[:5]

@@ -75,3 +75,30 @@ def test_every_nlg_recipe_loads_and_plans(scale, capsys):
         assert cfg.train.distributed == "zero3" and cfg.train.activation_checkpointing
         assert cfg.data.seq_len == 1024
         assert "17,177" in out  # ~17.2B parameters
+
+
+def test_save_config_yaml_round_trips_and_is_atomic(tmp_path, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from turing_models.training.config import save_config_yaml
+
+    cfg = parse_config(Recipe, ["--train.lr", "0.5", "--dry-run", "true"])
+    path = save_config_yaml(cfg, tmp_path / "run" / "config.yaml")
+    written = yaml.safe_load(path.read_text())
+    assert written["dry_run"] is True and written["train"]["lr"] == 0.5
+    assert written["train"]["max_steps"] == TrainerConfig().max_steps  # defaults are written too
+    assert parse_config(Recipe, ["--config", str(path)]) == cfg  # the file reproduces the config
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]
+
+    # a failed write leaves the previous file whole and no temporary file behind
+    def fail(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_config_yaml(parse_config(Recipe, ["--train.lr", "0.25"]), path)
+    assert yaml.safe_load(path.read_text())["train"]["lr"] == 0.5
+    assert sorted(p.name for p in Path(path.parent).iterdir()) == ["config.yaml"]

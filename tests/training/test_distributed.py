@@ -105,3 +105,24 @@ def test_zero3_curve_checkpoint_resume_and_export(data, reference, deepspeed_war
     ids = torch.randint(1, 500, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, single(ids).logits, rtol=1e-4, atol=1e-4)
+
+    # consolidating the ZeRO-3 step checkpoints offline (one process, no process group) gives a
+    # folder that loads like the trainer's own export: the run's newest step (4) is the final
+    # model (through the CLI, as a user runs it); step 2 (through the function) is not
+    from turing_models.convert.consolidate import consolidate
+
+    cli = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "recipes" / "convert.py"), "consolidate",
+                          str(tmp_path / "full" / "run"), str(tmp_path / "consolidated")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "consolidated deepspeed checkpoint" in cli.stdout and "step-00000004" in cli.stdout
+    assert not list(tmp_path.glob(".consolidated.tmp-*"))
+    offline = AutoModelForCausalLM.from_pretrained(tmp_path / "consolidated").eval()
+    assert sum(p.numel() for p in offline.parameters()) == sum(p.numel() for p in ours.parameters())
+    early = consolidate(tmp_path / "full" / "run" / "checkpoints" / "step-00000002", tmp_path / "consolidated-2")
+    assert early["format"] == "deepspeed" and early["architecture"] == "TuringNLGForCausalLM"
+    at_step2 = AutoModelForCausalLM.from_pretrained(early["out_dir"]).eval()
+    with torch.no_grad():
+        final_logits = ours(ids).logits
+        torch.testing.assert_close(offline(ids).logits, final_logits, rtol=1e-6, atol=1e-6)
+        assert (at_step2(ids).logits - final_logits).abs().max() > 1e-3

@@ -1,5 +1,7 @@
 """pretrain_nlu.py: masked LM and replaced-token detection on a tiny TuringNLU, and every config."""
 
+from pathlib import Path
+
 import pytest
 
 from _tiny import load_recipe
@@ -33,3 +35,13 @@ def test_short_pretraining_exports_encoder(objective, tmp_path):
     assert summary["eval_loss"] > 0
     head = TuringNLUForSequenceClassification.from_pretrained(summary["final"], num_labels=2)
     assert head.config.hidden_size == 32
+    # the run folder keeps the exact config, and the model card shows it and the training data
+    import yaml
+
+    from turing_models import hub
+
+    run_dir = Path(summary["final"]).parent
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert written["model"]["objective"] == objective and written["data"]["corpus"] == str(corpus)
+    card = hub.model_card(run_dir / "final")
+    assert f"corpus `{corpus}`" in card and f"objective: {objective}" in card

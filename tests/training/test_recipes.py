@@ -74,10 +74,35 @@ def test_short_run_exports_and_refuses_other_model(tmp_path, corpus, capsys):
     final = Path(summary["final"])
     assert AutoModelForCausalLM.from_pretrained(final).config.hidden_size == 32
     assert AutoTokenizer.from_pretrained(final).eos_token == "<|endoftext|>"
+    _check_run_config_and_card(final.parent, corpus)
     capsys.readouterr()
     other = args(tmp_path, corpus, "--train.max_steps", "6", "--resume", "auto")
     other[other.index("--model.overrides") + 1] = "{hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2}"
     assert "belongs to another model: hidden_size=32" in usage_error(other, capsys)
+    _check_run_config_and_card(final.parent, corpus)  # the refused resume left the run's config alone
+
+
+def _check_run_config_and_card(run_dir, corpus):
+    """run_dir/config.yaml is the exact resolved config (it reproduces the run's config when
+    passed back as --config) and the model card of run_dir/final shows it and the training data."""
+    import yaml
+
+    from turing_models import hub
+    from turing_models.training.config import config_to_dict, parse_config
+
+    file = run_dir / "config.yaml"
+    written = yaml.safe_load(file.read_text())
+    assert written["data"]["corpus"] == str(corpus) and written["data"]["seq_len"] == 32
+    assert written["model"]["overrides"] == {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    assert written["train"]["max_steps"] == 4 and written["train"]["run_name"] == "nlg-tiny"
+    assert written["train"]["lr"] is not None  # defaults from tiny.yaml / the dataclass are resolved too
+    recipe = load_recipe("pretrain_nlg")
+    assert config_to_dict(parse_config(recipe.PretrainNLGConfig, ["--config", str(file)], family="nlg")) == written
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".tmp")]
+
+    card = hub.model_card(run_dir / "final")
+    assert f"training data: corpus `{corpus}`, tokenizer `gpt2-bpe`" in card
+    assert "### Recipe config (`config.yaml`)" in card and "max_steps: 4" in card
 
 
 @pytest.mark.slow

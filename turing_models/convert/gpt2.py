@@ -21,7 +21,9 @@ Both store the fused QKV output as ``[q | k | v]``, so no reordering is needed.
 ``TuringNLG.from_pretrained(x)`` calls :func:`load_pretrained`: ``x`` (a folder or Hub id) whose
 ``config.json`` says ``model_type: "gpt2"`` is converted on load; ``"turing_nlg"`` loads natively;
 anything else, a tensor of the wrong shape or missing weight files raise one
-:class:`~turing_models.errors.UsageError`. :func:`export_gpt2` writes a folder that
+:class:`~turing_models.errors.UsageError`. Names and shapes are checked from the file headers first;
+then the model is built on the meta device and the tensors are read, converted and assigned one at a
+time, so loading holds one copy of the weights (``benchmarks/load.py`` measures the peak). :func:`export_gpt2` writes a folder that
 ``GPT2LMHeadModel.from_pretrained`` loads.
 """
 
@@ -148,17 +150,17 @@ def _gpt2_key_to_nlg(key: str) -> Optional[tuple[str, bool]]:
     return None
 
 
-def gpt2_to_nlg_state_dict(
-    state_dict: dict[str, torch.Tensor], expected_shapes: Optional[dict[str, torch.Size]] = None
-) -> dict[str, torch.Tensor]:
-    """GPT-2 tensors (with or without the ``transformer.`` prefix) -> ``TuringNLGForCausalLM`` names.
+def _gpt2_plan(
+    shapes: dict[str, tuple[int, ...]], expected_shapes: Optional[dict[str, torch.Size]] = None
+) -> dict[str, tuple[str, bool]]:
+    """``{gpt2 key: (TuringNLG name, transpose)}`` for checkpoint tensors of the given shapes.
 
-    With ``expected_shapes`` (the target model's ``{name: shape}``), a tensor of the wrong shape
-    raises a :class:`UsageError` naming it and both shapes, in the checkpoint's own layout.
+    Checks names and (with ``expected_shapes``) shapes before any tensor data is read: an unknown
+    tensor, or one of the wrong shape, raises one :class:`UsageError`.
     """
-    out: dict[str, torch.Tensor] = {}
+    plan: dict[str, tuple[str, bool]] = {}
     unknown = []
-    for key, tensor in state_dict.items():
+    for key, shape in shapes.items():
         if _IGNORED.search(key):
             continue
         mapped = _gpt2_key_to_nlg(key)
@@ -169,18 +171,38 @@ def gpt2_to_nlg_state_dict(
         if expected_shapes is not None and target in expected_shapes:
             want = tuple(expected_shapes[target])
             want_ckpt = tuple(reversed(want)) if transpose else want
-            if tuple(tensor.shape) != want_ckpt:
+            if tuple(shape) != want_ckpt:
                 raise UsageError(
-                    f"GPT-2 checkpoint tensor {key!r} has shape {list(tensor.shape)} but its config needs "
+                    f"GPT-2 checkpoint tensor {key!r} has shape {list(shape)} but its config needs "
                     f"{list(want_ckpt)}; the weights and config.json do not belong together."
                 )
-        out[target] = tensor.t().contiguous() if transpose else tensor
+        plan[key] = mapped
     if unknown:
         raise UsageError(
             f"GPT-2 checkpoint has {len(unknown)} tensors TuringNLG does not know, e.g. {unknown[:3]}; "
             "only plain GPT2LMHeadModel / GPT2Model checkpoints convert."
         )
-    return out
+    return plan
+
+
+def _convert_tensor(tensor: torch.Tensor, transpose: bool, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """One GPT-2 tensor in TuringNLG layout (Conv1D ``[in, out]`` -> Linear ``[out, in]``)."""
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.t().contiguous() if transpose else tensor
+
+
+def gpt2_to_nlg_state_dict(
+    state_dict: dict[str, torch.Tensor], expected_shapes: Optional[dict[str, torch.Size]] = None
+) -> dict[str, torch.Tensor]:
+    """GPT-2 tensors (with or without the ``transformer.`` prefix) -> ``TuringNLGForCausalLM`` names.
+
+    With ``expected_shapes`` (the target model's ``{name: shape}``), a tensor of the wrong shape
+    raises a :class:`UsageError` naming it and both shapes, in the checkpoint's own layout.
+    (Loading from files streams instead, see :func:`load_pretrained`.)
+    """
+    plan = _gpt2_plan({k: tuple(v.shape) for k, v in state_dict.items()}, expected_shapes)
+    return {target: _convert_tensor(state_dict[key], transpose) for key, (target, transpose) in plan.items()}
 
 
 def nlg_to_gpt2_state_dict(state_dict: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -294,17 +316,70 @@ def _tensor_shapes(files: Iterable[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _load_tensors(files: Iterable[str]) -> dict[str, torch.Tensor]:
-    import torch
-    from safetensors.torch import load_file
+_CHUNK_BYTES = 16 * 2**20  # source bytes read per step when streaming a large tensor
 
-    state = {}
+
+def _read_converted(file: str, key: str, transpose: bool, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """One safetensors tensor, converted into freshly allocated memory, read in row chunks.
+
+    safetensors memory-maps the file and the pages read stay resident while the mapping is open, so
+    every chunk is read through its own short-lived mapping: at most ``_CHUNK_BYTES`` of the file
+    is resident beside the result, whatever the tensor's size.
+    """
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(file, framework="pt") as fh:
+        shape = tuple(fh.get_slice(key).get_shape())
+        probe = fh.get_slice(key)[0:0] if shape else fh.get_tensor(key)
+        row_bytes = probe.element_size() * (int(torch.Size(shape[1:]).numel()) if shape else 1)
+        if not shape or shape[0] * row_bytes <= _CHUNK_BYTES:  # small: in one piece
+            source = fh.get_tensor(key)
+            converted = _convert_tensor(source, transpose, dtype)
+            return converted.clone() if converted.data_ptr() == source.data_ptr() else converted
+    out_dtype = dtype if dtype is not None and probe.is_floating_point() else probe.dtype
+    result = torch.empty(tuple(reversed(shape)) if transpose else shape, dtype=out_dtype)
+    rows = max(1, _CHUNK_BYTES // row_bytes)
+    for start in range(0, shape[0], rows):
+        with safe_open(file, framework="pt") as fh:
+            part = fh.get_slice(key)[start:start + rows]
+            if transpose:  # Conv1D [in, out] rows become Linear [out, in] columns
+                result[:, start:start + rows].copy_(part.t())
+            else:
+                result[start:start + rows].copy_(part)
+            del part
+    return result
+
+
+def _stream_converted(
+    files: Iterable[str], plan: dict[str, tuple[str, bool]], dtype: Optional[torch.dtype] = None
+) -> Iterable[tuple[str, torch.Tensor]]:
+    """Yield ``(TuringNLG name, tensor)`` for every key of ``plan``, one tensor at a time.
+
+    Each result owns its memory (converted: transposed where needed, cast to ``dtype``) and its
+    source is released before the next one is read, so the converted weights are the only copy held.
+    """
+    import torch
+    from safetensors import safe_open
+
     for file in files:
         if file.endswith(".safetensors"):
-            state.update(load_file(file))
-        else:
-            state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
-    return state
+            with safe_open(file, framework="pt") as fh:
+                keys = [k for k in fh.keys() if k in plan]
+            for key in keys:
+                target, transpose = plan[key]
+                yield target, _read_converted(file, key, transpose, dtype)
+        else:  # pytorch_model.bin: a memory-mapped pickle, converted tensor by tensor
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            for key in [k for k in state if k in plan]:
+                source = state.pop(key)
+                target, transpose = plan[key]
+                converted = _convert_tensor(source, transpose, dtype)
+                if converted.data_ptr() == source.data_ptr():
+                    converted = converted.clone()
+                del source
+                yield target, converted
+            del state
 
 
 def _expected_shapes(cls, config) -> dict[str, torch.Size]:
@@ -375,32 +450,35 @@ def _load_gpt2(cls, path_or_id, raw_config: dict, kwargs: dict, hub_kwargs: dict
     config = gpt2_config_to_nlg(raw_config, **overrides)
     config._name_or_path = str(path_or_id)
     files = _weight_files(path_or_id, hub_kwargs)
-    state = _load_tensors(files)
 
+    # Names and shapes are checked from the file headers before any tensor data is read.
     full_expected = _expected_shapes(_causal_lm_class(), config)
-    converted = gpt2_to_nlg_state_dict(state, full_expected)
-    if config.tie_word_embeddings:
-        converted.pop("lm_head.weight", None)
+    plan = _gpt2_plan(_tensor_shapes(files), full_expected)
+    if config.tie_word_embeddings:  # the head is the embedding: never read a stored copy
+        plan = {k: v for k, v in plan.items() if v[0] != "lm_head.weight"}
+    provided = {target for target, _ in plan.values()}
     required = {k for k in full_expected if not (k == "lm_head.weight" and config.tie_word_embeddings)}
-    missing = sorted(required - set(converted))
+    missing = sorted(required - provided)
     if missing:
         raise UsageError(
             f"GPT-2 checkpoint {str(path_or_id)!r} lacks {len(missing)} tensors, e.g. {missing[:3]}."
         )
-
+    prefix = cls.base_model_prefix + "."
     if not _is_causal_lm(cls):  # the bare decoder (TuringNLGModel): drop the head, strip "model."
-        prefix = cls.base_model_prefix + "."
-        converted = {k[len(prefix):]: v for k, v in converted.items() if k.startswith(prefix)}
+        plan = {k: (t[len(prefix):], tr) for k, (t, tr) in plan.items() if t.startswith(prefix)}
 
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
-    if isinstance(dtype, torch.dtype):
-        converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in converted.items()}
+    if not isinstance(dtype, torch.dtype):
+        dtype = None
 
+    # Build on the meta device, then convert tensor by tensor: one copy of the weights at a time.
     with torch.device("meta"):
         model = cls(config)
+    converted = dict(_stream_converted(files, plan, dtype))
     model.load_state_dict(converted, strict=False, assign=True)
+    del converted
     model.tie_weights()
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:

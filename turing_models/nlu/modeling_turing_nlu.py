@@ -49,6 +49,7 @@ class PackedBatch:
     max_seqlen: int
     batch_size: int
     seq_len: int
+    bounds: list[int]  # cu_seqlens as Python ints, read once per forward
 
     @classmethod
     def from_mask(cls, attention_mask: torch.Tensor) -> "PackedBatch":
@@ -56,7 +57,7 @@ class PackedBatch:
         seqlens = mask.sum(dim=1, dtype=torch.int32)
         indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
         cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
-        return cls(indices, cu_seqlens, int(seqlens.max()), mask.shape[0], mask.shape[1])
+        return cls(indices, cu_seqlens, int(seqlens.max()), mask.shape[0], mask.shape[1], cu_seqlens.tolist())
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """``[batch, seq, ...]`` -> ``[total, ...]``."""
@@ -65,7 +66,7 @@ class PackedBatch:
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """``[total, ...]`` -> ``[batch, seq, ...]`` with zeros at padding."""
         out = x.new_zeros(self.batch_size * self.seq_len, *x.shape[1:])
-        out = out.index_copy(0, self.indices, x)
+        out.index_copy_(0, self.indices, x)
         return out.view(self.batch_size, self.seq_len, *x.shape[1:])
 
 
@@ -123,7 +124,9 @@ class TuringNLUAttention(nn.Module):
         impl = _attention_backend(self.config)
         dropout_p = self.dropout_p if self.training else 0.0
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
-        if packed is not None:  # x: [total, hidden]
+        if packed is not None and impl != "turing" and not torch.is_grad_enabled() and dropout_p == 0.0:
+            o = _packed_attention_inference(qkv, packed, impl).flatten(-2)
+        elif packed is not None:  # x: [total, hidden]
             q, k, v = qkv.unbind(dim=1)  # [total, H, D] each
             o = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, implementation=impl, dropout_p=dropout_p)
             o = o.flatten(-2)
@@ -132,6 +135,18 @@ class TuringNLUAttention(nn.Module):
             o = dot_product_attention(q, k, v, implementation=impl, attn_mask=attn_mask, dropout_p=dropout_p)
             o = o.transpose(1, 2).flatten(-2)
         return self.out(o)
+
+
+def _packed_attention_inference(qkv: torch.Tensor, packed: PackedBatch, impl: str) -> torch.Tensor:
+    """Inference-only packed attention for the non-CUDA-kernel backends: one dense call per
+    sequence, each output written over that sequence's query slice (no longer needed once its
+    attention is computed). Same result as ``varlen_attention``, without allocating and filling a
+    new ``[total, hidden]`` buffer per layer, which is measurable on the CPU. ``qkv``:
+    ``[total, 3, H, D]``; returns ``[total, H, D]`` (a view into ``qkv``)."""
+    for start, end in zip(packed.bounds[:-1], packed.bounds[1:]):
+        q, k, v = qkv[start:end].permute(1, 2, 0, 3).unsqueeze(1)  # [1, H, L, D] each
+        qkv[start:end, 0] = dot_product_attention(q, k, v, implementation=impl)[0].transpose(0, 1)
+    return qkv[:, 0]
 
 
 def _attention_backend(config: TuringNLUConfig) -> str:

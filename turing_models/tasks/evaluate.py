@@ -178,7 +178,7 @@ def perplexity_tokens(cfg: EvaluateConfig, tokenizer) -> tuple[np.ndarray, Optio
             )
         return np.asarray(tokens, dtype=np.int64), None, f"{path} [{split}]"
     text, paths = _read_texts(cfg.data)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return np.asarray(ids, dtype=np.int64), len(text.encode("utf-8")), ", ".join(map(str, paths))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -418,14 +418,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     train_ds, eval_ds = run.datasets(model)
     run_dir = Path(cfg.train.output_dir) / cfg.train.run_name
     trainer = Trainer(model, train_ds, eval_ds, config=cfg.train, collate_fn=run.collate_fn(), tokenizer=tokenizer, run_dir=run_dir)
-    if trainer.accelerator.is_main_process:
-        import yaml
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".tmp-config.yaml"
-        tmp.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        tmp.replace(run_dir / "config.yaml")
-    summary = trainer.fit(resume=cfg.resume)
+    summary = trainer.fit(resume=cfg.resume, run_config=cfg)  # also writes run_dir/config.yaml
     result: dict[str, Any] = {"summary": summary, "run_dir": str(run_dir), "metrics": {}, "final": None}
     if summary.get("status") != "completed":
         logger.warning("training was interrupted at step %s; resume with --resume auto", summary.get("step"))

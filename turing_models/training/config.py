@@ -283,10 +283,46 @@ def parse_config(
 
 
 def config_to_dict(cfg: Any) -> dict:
-    """A dataclass config as plain nested dicts (for logging and ``run_config.yaml``)."""
+    """A dataclass config as plain nested dicts (for logging and a run's ``config.yaml``)."""
     from dataclasses import asdict
 
     return asdict(cfg)
+
+
+def _plain(value: Any) -> Any:
+    """Paths, tuples and other non-YAML scalars as plain YAML values (str, list)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def save_config_yaml(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write a resolved recipe config (a dataclass) as YAML at ``path``, atomically.
+
+    The file holds every field, defaults and command-line overrides included, in the recipe's own
+    schema, so ``--config <path>`` reproduces the run. Written under a temporary name in the same
+    folder and renamed, so a reader never sees half a file.
+    """
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False, allow_unicode=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def apply_overrides(target: Any, overrides: dict[str, Any], section: str) -> None:

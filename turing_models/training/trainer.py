@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..errors import UsageError
 from . import checkpoint as ckpt
-from .config import TrainerConfig
+from .config import TrainerConfig, save_config_yaml
 from .flops import device_peak_flops, model_flops_per_token
 from .optim import build_optimizer, build_scheduler
 
@@ -252,9 +252,7 @@ class Trainer:
             except StopIteration:
                 self._data_iter = None
                 self.epoch += 1
-                self.batches_in_epoch = 0
-                if isinstance(ds, IterableDataset) and hasattr(ds, "load_state_dict") and hasattr(ds, "state_dict"):
-                    pass  # the dataset starts its next epoch by itself after set_epoch
+                self.batches_in_epoch = 0  # the next loader calls set_epoch(epoch) on a streamed dataset
         raise UsageError("the training dataset yields no full micro-batch; use more data or a smaller "
                          "train.micro_batch_size")
 
@@ -350,12 +348,17 @@ class Trainer:
         self.losses.append(mean)
         return mean
 
-    def fit(self, resume: Optional[str] = None) -> dict[str, Any]:
+    def fit(self, resume: Optional[str] = None, run_config: Any = None) -> dict[str, Any]:
         """Train to ``config.max_steps`` (resuming first when asked). Returns a summary dict with
-        ``status`` "completed" or "interrupted" (a checkpoint was saved on SIGTERM/SIGINT)."""
+        ``status`` "completed" or "interrupted" (a checkpoint was saved on SIGTERM/SIGINT).
+
+        ``run_config``: the recipe's resolved config (a dataclass), written as ``run_dir/config.yaml``
+        once the resume checks have passed (a refused resume leaves the run's file as it was)."""
         cfg, acc = self.config, self.accelerator
         if resume:
             self.resume(resume)
+        if run_config is not None:
+            self.save_run_config(run_config)
         if self._peak is None:
             self._peak = device_peak_flops(acc.device)
         self._open_logs()
@@ -559,6 +562,13 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ export
+
+    def save_run_config(self, cfg: Any, filename: str = "config.yaml") -> Optional[Path]:
+        """Write the recipe's resolved config (a dataclass) as ``run_dir/config.yaml``, atomically,
+        on the main process only (the model card of the run reads it). Returns the path there."""
+        if not self.accelerator.is_main_process:
+            return None
+        return save_config_yaml(cfg, self.run_dir / filename)
 
     def save_final(self, path: Optional[str | os.PathLike] = None) -> Path:
         """A consolidated ``save_pretrained`` folder (+ tokenizer), gathered from FSDP2 / ZeRO-3
