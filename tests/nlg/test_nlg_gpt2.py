@@ -125,3 +125,17 @@ def test_streamed_conversion_in_small_chunks_is_exact(gpt2_folders, monkeypatch,
         assert state[name].dtype == want, name
         assert state[name].is_contiguous(), name
         assert torch.equal(state[name], expected.to(want)), name
+
+
+def test_gpt2_pytorch_model_bin_converts_too(gpt2_folders, tmp_path):
+    """Older GPT-2 checkpoints ship pytorch_model.bin: converted tensor by tensor the same way."""
+    import shutil
+
+    folder, gpt2 = gpt2_folders["l2-h64-a4"]
+    shutil.copy(folder / "config.json", tmp_path / "config.json")
+    torch.save({k: v.clone() for k, v in gpt2.state_dict().items()}, tmp_path / "pytorch_model.bin")
+    ours = TuringNLG.from_pretrained(tmp_path, dtype=torch.float64)
+    assert ours.model.layers[0].attention.qkv.weight.dtype == torch.float64
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        assert (ours(ids).logits.float() - gpt2(ids).logits).abs().max().item() < 1e-5

@@ -23,13 +23,12 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from ..data.io import atomic_directory
 from ..errors import cli_main
 from ..nlu.configuration_turing_nlu import TuringNLUConfig
 
@@ -381,19 +380,10 @@ def export_to_hf(model, out_dir: str | os.PathLike, model_type: Optional[str] = 
     if missing or unexpected:
         raise ValueError(f"export to {model_type} is incomplete: missing {missing[:3]}, unexpected {unexpected[:3]}.")
     hf_model.tie_weights()
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, overwrite=True) as tmp:
         hf_model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return hf_model
 
 
@@ -440,19 +430,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (OSError, ValueError):
         tokenizer = None
     if args.command == "to-turing":
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_directory(args.output, overwrite=True) as tmp:
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     else:
         export_to_hf(model, args.output, args.model_type, tokenizer=tokenizer)
     print(f"wrote {type(model).__name__} -> {args.output}")

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
+from ..data.io import atomic_directory
 from ..errors import UsageError
 
 PathLike = Union[str, os.PathLike]
@@ -188,18 +188,10 @@ def consolidate(
 
     tok = _load_tokenizer(tokenizer, step_dir)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tok is not None:
             tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     params = sum(p.numel() for p in model.parameters())
     return {"checkpoint": str(step_dir), "format": kind, "out_dir": str(out), "tensors": len(state),
             "parameters": params, "architecture": cls.__name__}

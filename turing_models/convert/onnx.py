@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.io import atomic_directory
 from ..errors import UsageError
 
 ONNX_FILE = "model.onnx"
@@ -247,9 +246,7 @@ def export_onnx(
     wrapper, spec, axes = _graph(model)
     spec.opset = opset
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=True) as tmp:
         with _export_mode(model), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python-side checks on the example
             feeds = example_inputs(model, past=2 if _is_nlg(model) else 0)
@@ -271,12 +268,6 @@ def export_onnx(
                     f"ONNX Runtime's outputs differ from PyTorch's by {report['max_abs_diff']:.3g} (> {atol:g}); "
                     "the export is wrong, nothing was written."
                 )
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
