@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/encoder_unpad.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/load.py
+	$(PY) benchmarks/onnx.py
 
 clean-venv:
 	rm -rf $(VENV)
