@@ -42,6 +42,7 @@ from turing_models.training.pretrain import (  # noqa: E402
     check_overrides,
     prepare_tokens,
     print_plan,
+    train_evaluate_export,
     unigram_perplexity,
 )
 
@@ -120,14 +121,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
               f"{train_ds.tokens_per_epoch:,} training tokens per epoch, "
               f"{cfg.train.global_batch_size * seq_len:,} tokens per step")
     trainer = Trainer(model, train_ds, val_ds, config=cfg.train, tokenizer=tokenizer)
-    summary = trainer.fit(resume=cfg.resume, run_config=cfg)  # also writes run_dir/config.yaml
-    if summary["status"] != "completed":
-        if state.is_main_process:
-            print(f"stopped at step {summary['step']}: checkpoint saved; rerun with --resume auto to continue")
+    summary, result = train_evaluate_export(trainer, cfg, state.is_main_process)
+    if result is None:
         return summary
-    result = trainer.evaluate()
-    final = trainer.save_final()
-    summary.update(result, final=str(final))
+    final = summary["final"]
     if state.is_main_process:
         print(f"validation loss {result['eval_loss']:.4f}, perplexity {result['eval_ppl']:.1f}")
         if cfg.demo:

@@ -28,7 +28,13 @@ from turing_models.errors import UsageError, cli_main  # noqa: E402
 from turing_models.training import Trainer, TrainerConfig  # noqa: E402
 from turing_models.training.config import parse_config  # noqa: E402
 from turing_models.training.plan import PlanConfig  # noqa: E402
-from turing_models.training.pretrain import DataSection, check_overrides, prepare_tokens, print_plan  # noqa: E402
+from turing_models.training.pretrain import (  # noqa: E402
+    DataSection,
+    check_overrides,
+    prepare_tokens,
+    print_plan,
+    train_evaluate_export,
+)
 
 
 @dataclass
@@ -129,14 +135,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         n = sum(p.numel() for p in model.parameters())
         print(f"TuringNLU {cfg.model.scale} ({cfg.model.objective}): {n / 1e6:.1f} M parameters, sequence {seq_len}")
     trainer = Trainer(model, train_ds, val_ds, config=cfg.train, collate_fn=collator, tokenizer=tokenizer)
-    summary = trainer.fit(resume=cfg.resume, run_config=cfg)  # also writes run_dir/config.yaml
-    if summary["status"] != "completed":
-        if state.is_main_process:
-            print(f"stopped at step {summary['step']}: checkpoint saved; rerun with --resume auto to continue")
+    summary, result = train_evaluate_export(trainer, cfg, state.is_main_process)
+    if result is None:
         return summary
-    result = trainer.evaluate()
-    final = trainer.save_final()
-    summary.update(result, final=str(final))
     if state.is_main_process:
         print(f"validation loss {result['eval_loss']:.4f} ({cfg.model.objective})")
     return summary

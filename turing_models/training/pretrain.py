@@ -131,3 +131,21 @@ def print_plan(model: torch.nn.Module, train, plan, seq_len: int) -> str:
                        max_steps=train.max_steps, checkpointing=train.activation_checkpointing,
                        mixed_precision=mixed, chosen_stage=stage, chosen_offload=engine == "zero3_offload",
                        flops_per_token=fpt)
+
+
+def train_evaluate_export(trainer, cfg, is_main_process: bool) -> tuple[dict, Optional[dict]]:
+    """The common tail of a pretraining recipe: fit (resuming as ``cfg.resume`` says, writing
+    ``config.yaml``), then evaluate and write the consolidated ``final/`` folder.
+
+    Returns ``(summary, eval_result)``; ``eval_result`` is ``None`` when the run stopped early
+    (SIGTERM, Ctrl-C), in which case a checkpoint was written and nothing is exported.
+    """
+    summary = trainer.fit(resume=cfg.resume, run_config=cfg)  # also writes run_dir/config.yaml
+    if summary["status"] != "completed":
+        if is_main_process:
+            print(f"stopped at step {summary['step']}: checkpoint saved; rerun with --resume auto to continue")
+        return summary, None
+    result = trainer.evaluate()
+    final = trainer.save_final()
+    summary.update(result, final=str(final))
+    return summary, result
