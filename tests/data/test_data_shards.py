@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from turing_models.data import load_split, load_tokenizer, read_manifest, tokenize_corpus
-from turing_models.data.io import sha256_file
+from turing_models.io import sha256_file
 from turing_models.data.shards import documents_of
 from turing_models.errors import UsageError
 

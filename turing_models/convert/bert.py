@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..data.io import atomic_directory
+from ..io import atomic_directory
 from ..errors import cli_main
 from ..nlu.configuration_turing_nlu import TuringNLUConfig
 

@@ -30,7 +30,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..data.io import atomic_directory
+from ..io import atomic_directory
 from ..errors import UsageError
 
 PathLike = Union[str, os.PathLike]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.io import atomic_directory
+from ..io import atomic_directory
 from ..errors import UsageError
 
 ONNX_FILE = "model.onnx"

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from .io import atomic_directory, sha256_file, sha256_json, write_json_atomic
+from ..io import atomic_directory, sha256_file, sha256_json, write_json_atomic
 from .sources import Source, dataset_source, iter_documents, resolve_inputs
 
 logger = logging.getLogger("turing_models.data")

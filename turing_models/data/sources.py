@@ -235,7 +235,7 @@ def _iter_text(src: Source) -> Iterator[str]:
 
 
 def _sha256_file(path: str) -> str:
-    from .io import sha256_file
+    from ..io import sha256_file
 
     return sha256_file(path)
 

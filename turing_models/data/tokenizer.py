@@ -275,7 +275,7 @@ def save_tokenizer(
     tokenizer: PreTrainedTokenizerFast, output_dir: str | os.PathLike, extra_files: dict[str, bytes] | None = None
 ) -> Path:
     """``save_pretrained`` into a temporary sibling folder, then rename it to ``output_dir``."""
-    from .io import atomic_directory
+    from ..io import atomic_directory
 
     with atomic_directory(output_dir, overwrite=True) as tmp:
         tokenizer.save_pretrained(tmp)
