@@ -20,7 +20,7 @@ def _tanh(u):
 
 @triton.jit
 def bias_gelu_fwd(X, BIAS, Y, numel, N, APPROX_TANH: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: numel may pass 2^31
     mask = offs < numel
     z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     z += tl.load(BIAS + offs % N, mask=mask, other=0.0).to(tl.float32)
@@ -34,7 +34,7 @@ def bias_gelu_fwd(X, BIAS, Y, numel, N, APPROX_TANH: tl.constexpr, BLOCK: tl.con
 
 @triton.jit
 def bias_gelu_bwd(DY, X, BIAS, DX, numel, N, APPROX_TANH: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # int64: numel may pass 2^31
     mask = offs < numel
     z = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     z += tl.load(BIAS + offs % N, mask=mask, other=0.0).to(tl.float32)

@@ -18,7 +18,7 @@ def cross_entropy_fwd_bwd(
     COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
-    row_ptr = LOGITS + row * stride_row
+    row_ptr = LOGITS + row.to(tl.int64) * stride_row
     label = tl.load(LABELS + row).to(tl.int32)
     cols0 = tl.arange(0, BLOCK_V)
     if label == ignore_index:

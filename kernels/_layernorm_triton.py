@@ -14,7 +14,7 @@ def layer_norm_fwd(
     HAS_RES: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One row per program: s = x (+ residual), y = (s - mean) * rstd * w + b."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: rows x stride may pass 2^31
     cols = tl.arange(0, BLOCK_N)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
@@ -55,7 +55,8 @@ def layer_norm_bwd(
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
-    for row in range(row_start, row_end):
+    for row32 in range(row_start, row_end):
+        row = tl.cast(row32, tl.int64)  # int64 offsets: rows x stride may pass 2^31
         x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + row * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
         mean = tl.load(MEAN + row)
@@ -73,6 +74,6 @@ def layer_norm_bwd(
         dw += dy * xhat
         db += dy
     if HAS_W:
-        tl.store(DW_PART + pid * N + cols, dw, mask=mask)
+        tl.store(DW_PART + pid.to(tl.int64) * N + cols, dw, mask=mask)
     if HAS_B:
-        tl.store(DB_PART + pid * N + cols, db, mask=mask)
+        tl.store(DB_PART + pid.to(tl.int64) * N + cols, db, mask=mask)

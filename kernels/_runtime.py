@@ -62,5 +62,14 @@ def check_can_run(name: str, *tensors: torch.Tensor) -> None:
     )
 
 
+def debug_checks(*tensors) -> bool:
+    """True where checks that read tensor values on the host may run: always for CPU tensors (no
+    device to wait for), and on a GPU only in debug mode (``TURING_KERNELS_DEBUG=1``), since there
+    such a check synchronises with the device and stalls the training step."""
+    if os.environ.get("TURING_KERNELS_DEBUG", "0") not in ("", "0"):
+        return True
+    return all(t.device.type == "cpu" for t in tensors if t is not None)
+
+
 def next_power_of_2(n: int) -> int:
     return 1 << (max(int(n), 1) - 1).bit_length()

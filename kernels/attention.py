@@ -13,25 +13,37 @@ Three entry points:
   PyTorch SDPA.
 
 Causal masking is bottom-right aligned (as with a KV cache). Head dims up to 256 are supported,
-including non-powers of two (40, 72, 80, 96, 152, ...): the kernel masks the head dimension up to
-the next power of two, nothing is padded in memory. A query row that sees no key returns zeros and
-zero gradients. ``Hkv`` may divide ``H`` (grouped-query attention) without repeating k and v.
+including non-powers of two (40, 72, 80, 96, 152, ...): the head dimension runs as a power-of-two
+tile plus a power-of-two remainder tile (152 = 128 + 32, see :func:`head_dim_tiles`), nothing is
+padded in memory. A query row that sees no key returns zeros and zero gradients. ``Hkv`` may divide
+``H`` (grouped-query attention) without repeating k and v.
 
 Attention dropout (``dropout_p``) runs inside the kernel: the mask comes from Philox random numbers
-seeded from torch's generator (so ``torch.manual_seed`` makes it reproducible) and is regenerated
-in the backward pass, never stored.
+whose seed and offset each call draws from torch's generator on the tensors' device (so
+``torch.manual_seed`` makes it reproducible, and every call, layer, step and CUDA-graph replay gets
+its own stream) and is regenerated in the backward pass, never stored.
+
+No host synchronisation on a GPU: checks that would read tensor values on the host (``max_seqlen``
+against ``cu_seqlens``, recognising a ``[B, 1, Tq, Tk]`` mask as key padding) run only in debug mode
+(``TURING_KERNELS_DEBUG=1``) or on CPU tensors; otherwise ``max_seqlen`` is checked by an
+asynchronous device-side assertion and such masks go to SDPA.
+
+The launches are built by :func:`forward_launch` / :func:`backward_launches` without running
+anything, which is how ``kernels/compile_check.py`` compiles exactly what would run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._runtime import check_can_run, interpreting, next_power_of_2
+from ._runtime import check_can_run, debug_checks, interpreting, next_power_of_2
 
 MAX_HEAD_DIM = 256
 _LOG2E = 1.4426950408889634
@@ -72,80 +84,155 @@ def _interpret_block(n: int) -> int:
     return min(128, max(16, next_power_of_2(n)))
 
 
-def _flash_forward(q, k, v, kmask, cu_q, cu_k, batch, max_q, max_k, causal, scale, varlen, dropout_p, seed):
-    kern = _kernels()
+def head_dim_tiles(head_dim: int) -> Tuple[int, int]:
+    """(BLOCK_D, BLOCK_D2): the head dimension as a power-of-two tile plus a power-of-two remainder
+    tile (0 when ``head_dim`` is a power of two), e.g. 152 -> (128, 32), 80 -> (64, 16)."""
+    first = max(16, 1 << (max(head_dim, 1).bit_length() - 1))
+    rest = head_dim - first
+    return first, (max(16, next_power_of_2(rest)) if rest > 0 else 0)
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    """Every base pointer 16-byte aligned and every stride but the last a multiple of 8 elements."""
+    return all(t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1]) for t in tensors)
+
+
+# Forced tiles: {"fwd" | "dkdv" | "dq": (BLOCK_M, BLOCK_N, num_warps, num_stages)}; set by force_tiles().
+_FORCED: dict = {}
+
+
+@contextlib.contextmanager
+def force_tiles(fwd=None, dkdv=None, dq=None):
+    """Launch with the given tiles instead of autotuning (or the interpreter's one large tile).
+
+    Each: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, as in ``_attention_triton.FWD_TILES`` /
+    ``DKDV_TILES`` / ``DQ_TILES``. Lets the tests run every kept GPU tile shape."""
+    saved = dict(_FORCED)
+    _FORCED.update({k: v for k, v in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)) if v is not None})
+    try:
+        yield
+    finally:
+        _FORCED.clear()
+        _FORCED.update(saved)
+
+
+@dataclass
+class Launch:
+    """One kernel launch: the autotuned kernel, the same kernel with fixed tiles, and its arguments.
+
+    ``kernels/compile_check.py`` builds these with meta tensors and compiles exactly what would run."""
+
+    name: str
+    tuned: Any
+    fixed: Any
+    grid: Callable[[dict], tuple]
+    args: list
+    meta: dict
+    phase: str  # "fwd", "dkdv", "dq" (which forced tiles apply) or "pre"
+
+    def run(self, interp_tiles: Tuple[int, int]) -> None:
+        forced = _FORCED.get(self.phase)
+        if forced is not None:
+            bm, bn, warps, stages = forced
+            meta = dict(self.meta, BLOCK_M=bm, BLOCK_N=bn)
+            opts = {} if interpreting() else dict(num_warps=warps, num_stages=stages)
+            self.fixed[self.grid(meta)](*self.args, **meta, **opts)
+        elif interpreting():
+            meta = dict(self.meta, BLOCK_M=interp_tiles[0], BLOCK_N=interp_tiles[1])
+            self.fixed[self.grid(meta)](*self.args, **meta)
+        else:
+            self.tuned[self.grid](*self.args, **self.meta)
+
+
+def _common_meta(q, k, varlen, causal, kmask, dropout_p, aligned):
     heads, head_dim = q.shape[-2] if varlen else q.shape[1], q.shape[-1]
     kv_heads = k.shape[-2] if varlen else k.shape[1]
+    block_d, block_d2 = head_dim_tiles(head_dim)
+    return dict(
+        GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_D2=block_d2,
+        IS_CAUSAL=causal, IS_VARLEN=varlen, HAS_KMASK=kmask is not None, DOT_PREC=_dot_precision(q),
+        HAS_DROPOUT=dropout_p > 0.0, ALIGNED=aligned,
+    )
+
+
+def forward_launch(q, k, v, kmask, cu_q, cu_k, rng, batch, max_q, max_k, causal, scale, varlen, dropout_p):
+    """The output buffers and the forward launch (nothing runs)."""
+    kern = _kernels()
+    heads = q.shape[-2] if varlen else q.shape[1]
     o = torch.zeros_like(q) if varlen else torch.empty_like(q)
     lse = torch.empty((batch, heads, max(max_q, 1)), device=q.device, dtype=torch.float32)
     dummy = lse
     args = [
         q, k, v, o, lse,
         kmask if kmask is not None else dummy,
-        cu_q if varlen else dummy, cu_k if varlen else dummy,
+        cu_q if varlen else dummy, cu_k if varlen else dummy, rng if rng is not None else dummy,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen),
         lse.stride(0), lse.stride(1),
         *((kmask.stride(0), kmask.stride(1)) if kmask is not None else (0, 0)),
-        max_q, max_k, scale * _LOG2E, next_power_of_2(max(max_q, max_k)), float(dropout_p), int(seed),
+        max_q, max_k, scale * _LOG2E, next_power_of_2(max(max_q, max_k)), float(dropout_p),
     ]
-    meta = dict(
-        GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_D=max(16, next_power_of_2(head_dim)),
-        IS_CAUSAL=causal, IS_VARLEN=varlen, HAS_KMASK=kmask is not None, DOT_PREC=_dot_precision(q),
-        HAS_DROPOUT=dropout_p > 0.0,
-    )
-    if interpreting():
-        bm, bn = _interpret_block(max_q), _interpret_block(max_k)
-        kern.attn_fwd[(triton_cdiv(max_q, bm), batch, heads)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn)
-    else:
-        grid = lambda m: (triton_cdiv(max_q, m["BLOCK_M"]), batch, heads)  # noqa: E731
-        kern.attn_fwd_tuned[grid](*args, **meta)
-    return o, lse
+    meta = _common_meta(q, k, varlen, causal, kmask, dropout_p, _aligned(q, k, v, o))
+    grid = lambda m: (triton_cdiv(max_q, m["BLOCK_M"]), batch, heads)  # noqa: E731
+    return o, lse, Launch("attn_fwd", kern.attn_fwd_tuned, kern.attn_fwd, grid, args, meta, "fwd")
 
 
-def _flash_backward(do, q, k, v, o, lse, kmask, cu_q, cu_k, batch, max_q, max_k, causal, scale, varlen, dropout_p,
-                    seed):
+def backward_launches(do, q, k, v, o, lse, kmask, cu_q, cu_k, rng, batch, max_q, max_k, causal, scale, varlen,
+                      dropout_p):
+    """The gradient buffers and the three backward launches (preprocess, dK/dV, dQ), in order."""
     kern = _kernels()
-    heads, head_dim = q.shape[-2] if varlen else q.shape[1], q.shape[-1]
+    heads = q.shape[-2] if varlen else q.shape[1]
     kv_heads = k.shape[-2] if varlen else k.shape[1]
-    do = _last_dim_contiguous(do)
     make = torch.zeros_like if varlen else torch.empty_like
     dq, dk, dv = make(q), make(k), make(v)
     delta = torch.empty_like(lse)
     dummy = lse
-    block_d = max(16, next_power_of_2(head_dim))
     kmask_arg = kmask if kmask is not None else dummy
     kmask_strides = (kmask.stride(0), kmask.stride(1)) if kmask is not None else (0, 0)
     cu = (cu_q if varlen else dummy, cu_k if varlen else dummy)
-    bucket = next_power_of_2(max(max_q, max_k))
-    meta = dict(
-        GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        IS_CAUSAL=causal, IS_VARLEN=varlen, HAS_KMASK=kmask is not None, DOT_PREC=_dot_precision(q),
-        HAS_DROPOUT=dropout_p > 0.0,
-    )
-
-    pre_bm = 64 if not interpreting() else _interpret_block(max_q)
-    kern.attn_bwd_preprocess[(triton_cdiv(max_q, pre_bm), batch, heads)](
-        o, do, delta, cu[0], *_strides(o, varlen), *_strides(do, varlen), lse.stride(0), lse.stride(1), max_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_bm, IS_VARLEN=varlen,
-    )
+    rng_arg = rng if rng is not None else dummy
+    tail = [max_q, max_k, scale * _LOG2E, scale, next_power_of_2(max(max_q, max_k)), float(dropout_p)]
+    meta = _common_meta(q, k, varlen, causal, kmask, dropout_p, _aligned(q, k, v, o, do, dq, dk, dv))
     common = [*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(do, varlen)]
-    dkdv_args = [
-        q, k, v, do, lse, delta, dk, dv, kmask_arg, *cu, *common,
-        *_strides(dk, varlen), *_strides(dv, varlen), lse.stride(0), lse.stride(1), *kmask_strides,
-        max_q, max_k, scale * _LOG2E, scale, bucket, float(dropout_p), int(seed),
+    dkdv_args = [q, k, v, do, lse, delta, dk, dv, kmask_arg, *cu, rng_arg, *common, *_strides(dk, varlen),
+                 *_strides(dv, varlen), lse.stride(0), lse.stride(1), *kmask_strides, *tail]
+    dq_args = [q, k, v, do, lse, delta, dq, kmask_arg, *cu, rng_arg, *common, *_strides(dq, varlen),
+               lse.stride(0), lse.stride(1), *kmask_strides, *tail]
+    pre_args = [o, do, delta, cu[0], *_strides(o, varlen), *_strides(do, varlen), lse.stride(0), lse.stride(1), max_q]
+    pre_meta = dict(HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=max(16, next_power_of_2(meta["HEAD_DIM"])),
+                    IS_VARLEN=varlen, ALIGNED=meta["ALIGNED"])
+    pre_grid = lambda m: (triton_cdiv(max_q, m["BLOCK_M"]), batch, heads)  # noqa: E731
+    launches = [
+        Launch("attn_bwd_preprocess", None, kern.attn_bwd_preprocess, pre_grid, pre_args, pre_meta, "pre"),
+        Launch("attn_bwd_dkdv", kern.attn_bwd_dkdv_tuned, kern.attn_bwd_dkdv,
+               lambda m: (triton_cdiv(max_k, m["BLOCK_N"]), batch, kv_heads), dkdv_args, meta, "dkdv"),
+        Launch("attn_bwd_dq", kern.attn_bwd_dq_tuned, kern.attn_bwd_dq,
+               lambda m: (triton_cdiv(max_q, m["BLOCK_M"]), batch, heads), dq_args, meta, "dq"),
     ]
-    dq_args = [
-        q, k, v, do, lse, delta, dq, kmask_arg, *cu, *common,
-        *_strides(dq, varlen), lse.stride(0), lse.stride(1), *kmask_strides,
-        max_q, max_k, scale * _LOG2E, scale, bucket, float(dropout_p), int(seed),
-    ]
-    if interpreting():
-        bm, bn = _interpret_block(max_q), _interpret_block(max_k)
-        kern.attn_bwd_dkdv[(triton_cdiv(max_k, bn), batch, kv_heads)](*dkdv_args, **meta, BLOCK_M=bm, BLOCK_N=bn)
-        kern.attn_bwd_dq[(triton_cdiv(max_q, bm), batch, heads)](*dq_args, **meta, BLOCK_M=bm, BLOCK_N=bn)
-    else:
-        kern.attn_bwd_dkdv_tuned[lambda m: (triton_cdiv(max_k, m["BLOCK_N"]), batch, kv_heads)](*dkdv_args, **meta)
-        kern.attn_bwd_dq_tuned[lambda m: (triton_cdiv(max_q, m["BLOCK_M"]), batch, heads)](*dq_args, **meta)
+    return dq, dk, dv, delta, launches
+
+
+def _run_preprocess(launch: Launch, max_q: int) -> None:
+    bm = _interpret_block(max_q) if interpreting() else 64
+    meta = dict(launch.meta, BLOCK_M=bm)
+    launch.fixed[launch.grid(meta)](*launch.args, **meta)
+
+
+def _flash_forward(q, k, v, kmask, cu_q, cu_k, rng, batch, max_q, max_k, causal, scale, varlen, dropout_p):
+    o, lse, launch = forward_launch(q, k, v, kmask, cu_q, cu_k, rng, batch, max_q, max_k, causal, scale, varlen,
+                                    dropout_p)
+    launch.run((_interpret_block(max_q), _interpret_block(max_k)))
+    return o, lse
+
+
+def _flash_backward(do, q, k, v, o, lse, kmask, cu_q, cu_k, rng, batch, max_q, max_k, causal, scale, varlen,
+                    dropout_p):
+    do = _last_dim_contiguous(do)
+    dq, dk, dv, _, (pre, dkdv, dqk) = backward_launches(do, q, k, v, o, lse, kmask, cu_q, cu_k, rng, batch, max_q,
+                                                         max_k, causal, scale, varlen, dropout_p)
+    _run_preprocess(pre, max_q)
+    tiles = (_interpret_block(max_q), _interpret_block(max_k))
+    dkdv.run(tiles)
+    dqk.run(tiles)
     return dq, dk, dv
 
 
@@ -153,20 +240,25 @@ def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+def _dropout_rng(device) -> torch.Tensor:
+    """Philox seed and counter offset for one call, drawn from torch's generator on ``device``: no host
+    sync, reproducible under ``torch.manual_seed``, fresh for every call and every CUDA-graph replay."""
+    return torch.empty(2, dtype=torch.int64, device=device).random_()
+
+
 class _FlashAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kmask, cu_q, cu_k, batch, max_q, max_k, causal, scale, varlen, dropout_p):
-        # Dropout seed from torch's (CPU) generator: reproducible under torch.manual_seed, no device sync.
-        seed = int(torch.randint(0, 2**30, (1,)).item()) if dropout_p > 0.0 else 0
-        o, lse = _flash_forward(q, k, v, kmask, cu_q, cu_k, batch, max_q, max_k, causal, scale, varlen, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, o, lse, kmask, cu_q, cu_k)
-        ctx.config = (batch, max_q, max_k, causal, scale, varlen, dropout_p, seed)
+        rng = _dropout_rng(q.device) if dropout_p > 0.0 else None
+        o, lse = _flash_forward(q, k, v, kmask, cu_q, cu_k, rng, batch, max_q, max_k, causal, scale, varlen, dropout_p)
+        ctx.save_for_backward(q, k, v, o, lse, kmask, cu_q, cu_k, rng)
+        ctx.config = (batch, max_q, max_k, causal, scale, varlen, dropout_p)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, kmask, cu_q, cu_k = ctx.saved_tensors
-        dq, dk, dv = _flash_backward(do, q, k, v, o, lse, kmask, cu_q, cu_k, *ctx.config)
+        q, k, v, o, lse, kmask, cu_q, cu_k, rng = ctx.saved_tensors
+        dq, dk, dv = _flash_backward(do, q, k, v, o, lse, kmask, cu_q, cu_k, rng, *ctx.config)
         return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
@@ -287,16 +379,37 @@ def flash_attn_varlen_func(
     _check_dropout("flash_attn_varlen_func", dropout_p)
     if batch == 0 or q.shape[0] == 0 or max_seqlen_q <= 0:
         return q * 0.0  # empty input: keeps the autograd graph
-    cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32)
-    cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32)
+    cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32).contiguous()
+    cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32).contiguous()
+    max_q, max_k = int(max_seqlen_q), int(max(max_seqlen_k, 1))
+    _check_max_seqlen(cu_q, max_q, "q")
+    _check_max_seqlen(cu_k, max_k, "k")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    return _FlashAttnFunction.apply(q, k, v, None, cu_q, cu_k, batch, int(max_seqlen_q), int(max(max_seqlen_k, 1)),
-                                    bool(causal), scale, True, float(dropout_p))
+    return _FlashAttnFunction.apply(q, k, v, None, cu_q, cu_k, batch, max_q, max_k, bool(causal), scale, True,
+                                    float(dropout_p))
 
 
-def _as_key_padding(mask: torch.Tensor, batch: int, t_q: int, t_k: int, is_causal: bool):
+def _check_max_seqlen(cu: torch.Tensor, max_seqlen: int, which: str) -> None:
+    """A max_seqlen below the longest sequence would leave rows uncomputed: a clear error on the host
+    in debug mode (and on the CPU), an asynchronous device-side assertion otherwise (no sync)."""
+    longest = (cu[1:] - cu[:-1]).max()
+    if debug_checks(cu):
+        if int(longest) > max_seqlen:
+            raise ValueError(f"flash_attn_varlen_func: max_seqlen_{which}={max_seqlen} is smaller than the longest "
+                             f"sequence in cu_seqlens_{which} ({int(longest)}); pass the true maximum.")
+    else:
+        torch._assert_async(longest <= max_seqlen, f"flash_attn_varlen_func: max_seqlen_{which} is smaller than the "
+                            f"longest sequence in cu_seqlens_{which}")
+
+
+def _as_key_padding(mask: torch.Tensor, batch: int, t_q: int, t_k: int, is_causal: bool, inspect: bool = True):
     """Return ``(key_padding [B, Tk], causal)`` when ``mask`` is a key-padding mask (optionally
-    combined with the bottom-right causal mask), else ``None``."""
+    combined with the bottom-right causal mask), else ``None``.
+
+    Masks of shape ``[B or 1, 1, 1 or Tq, Tk]`` with ``Tq == 1`` are recognised from their shape alone;
+    a ``[B, 1, Tq, Tk]`` mask needs its values compared (a host sync on a GPU), which happens only when
+    ``inspect`` is true; otherwise it is left to SDPA. Pass the key-padding mask ``[B, 1, 1, Tk]``
+    with ``is_causal=True`` to run causal padded attention in the kernel without a sync."""
     if mask.dim() == 2 and mask.shape[-1] == t_k:
         return mask.expand(batch, t_k), is_causal
     if mask.dim() != 4 or mask.shape[-1] != t_k or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
@@ -304,7 +417,7 @@ def _as_key_padding(mask: torch.Tensor, batch: int, t_q: int, t_k: int, is_causa
     mask = mask.expand(batch, 1, mask.shape[2], t_k)[:, 0]  # [B, Tq or 1, Tk]
     if mask.shape[1] == 1:
         return mask[:, 0], is_causal
-    if mask.shape[1] != t_q:
+    if mask.shape[1] != t_q or not inspect:
         return None
     # With bottom-right causality the last query row sees every key, so it is the key-padding row.
     kp = mask[:, -1]
@@ -339,12 +452,11 @@ def dense_attention(
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool:
             raise ValueError(f"dense_attention: attn_mask must be boolean (True = attend), got {attn_mask.dtype}.")
-        found = _as_key_padding(attn_mask, q.shape[0], q.shape[2], k.shape[2], is_causal)
+        found = _as_key_padding(attn_mask, q.shape[0], q.shape[2], k.shape[2], is_causal,
+                                inspect=debug_checks(attn_mask))
         if found is None:
             return _sdpa_fallback(q, k, v, attn_mask, is_causal, scale, dropout_p)
         kp, causal = found
-        if bool(kp.all()):
-            kp = None
     return flash_attention(q, k, v, causal=causal, softmax_scale=scale, key_padding_mask=kp, dropout_p=dropout_p)
 
 

@@ -10,8 +10,11 @@ tokens, or "sum"), ``label_smoothing`` (as in ``F.cross_entropy``), ``z_loss`` (
 ``z_loss * logsumexp^2`` per token, PaLM), and ``num_valid_classes`` to exclude padded vocabulary
 rows of ``weight`` from the softmax.
 
-The gradient of ``weight`` is accumulated in the compute dtype, one chunk at a time. Under autocast
-the matmuls run in autocast's dtype, as ``F.linear`` would.
+The gradient of ``weight`` is accumulated in fp32 over the chunks (one rounding to the weight's dtype
+at the end), and the backward pass scales the stored gradients in place: no host synchronisation and
+no new ``tokens x hidden`` buffer. Label values are checked on the host only on the CPU or in debug
+mode (``TURING_KERNELS_DEBUG=1``); on a GPU an out-of-range label trips an asynchronous device-side
+assertion instead. Under autocast the matmuls run in autocast's dtype, as ``F.linear`` would.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._runtime import check_can_run, interpreting, next_power_of_2
+from ._runtime import check_can_run, debug_checks, interpreting, next_power_of_2
 
 __all__ = ["FusedLinearCrossEntropy", "fused_linear_cross_entropy"]
 
@@ -33,6 +36,13 @@ def _kernels():
     from . import _cross_entropy_triton
 
     return _cross_entropy_triton
+
+
+def kernel_block(vocab: int):
+    """(BLOCK_V, num_warps) of the row kernel: 8192 columns over 16 warps (16 per thread: no spills on
+    sm_90, checked by kernels/compile_check.py), 4096 under the interpreter or for small vocabularies."""
+    block_v = min(next_power_of_2(vocab), 4096 if interpreting() else 8192 if vocab >= 8192 else 4096)
+    return block_v, 16 if block_v >= 8192 else 8
 
 
 def _chunk_rows(n_rows: int, vocab: int, chunk_size: Optional[int]) -> int:
@@ -49,10 +59,11 @@ def _chunked_loss_and_grads(hidden, weight, bias, labels, ignore_index, n_valid_
     losses = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(losses)
     grad_h = torch.empty_like(hidden) if need_grad_h else None
-    grad_w = torch.zeros_like(weight) if need_grad_w else None
+    # dW accumulates in fp32; a half-precision chunk product goes through one reused buffer.
+    grad_w = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_grad_w else None
+    chunk_w = torch.empty_like(weight) if need_grad_w and weight.dtype != torch.float32 else None
     grad_b = torch.zeros(vocab, device=bias.device, dtype=torch.float32) if need_grad_b else None
-    block_v = min(next_power_of_2(vocab), 4096 if interpreting() else 16384 if vocab >= 16384 else 4096)
-    warps = 16 if block_v >= 16384 else 8
+    block_v, warps = kernel_block(vocab)
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
         h = hidden[start:end]
@@ -68,7 +79,11 @@ def _chunked_loss_and_grads(hidden, weight, bias, labels, ignore_index, n_valid_
         if need_grad_h:
             torch.mm(logits, weight, out=grad_h[start:end])
         if need_grad_w:
-            grad_w.addmm_(logits.t(), h)
+            if chunk_w is None:
+                grad_w.addmm_(logits.t(), h)
+            else:
+                torch.mm(logits.t(), h, out=chunk_w)
+                grad_w += chunk_w
         if need_grad_b:
             grad_b += logits.sum(0, dtype=torch.float32)
     return losses, grad_h, grad_w, grad_b
@@ -96,15 +111,21 @@ class _FusedLinearCrossEntropyFunction(torch.autograd.Function):
             grad_b if grad_b is not None else None, scale,
         )
         ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.weight_dtype = weight.dtype
+        ctx.used = False
         return loss.to(hidden.dtype) if hidden.dtype == torch.float64 else loss
 
     @staticmethod
     def backward(ctx, grad_output):
+        if ctx.used:
+            raise RuntimeError("fused_linear_cross_entropy: backward ran twice through the same loss; its stored "
+                               "gradients are scaled in place, so recompute the loss for a second backward.")
+        ctx.used = True
         grad_h, grad_w, grad_b, scale = ctx.saved_tensors
-        g = (grad_output.float() * scale)
-        dh = (grad_h * g.to(grad_h.dtype)) if grad_h is not None else None
-        dw = (grad_w * g.to(grad_w.dtype)) if grad_w is not None else None
-        db = (grad_b * g).to(ctx.bias_dtype) if grad_b is not None else None
+        g = grad_output.float() * scale
+        dh = grad_h.mul_(g.to(grad_h.dtype)) if grad_h is not None else None
+        dw = grad_w.mul_(g).to(ctx.weight_dtype) if grad_w is not None else None
+        db = grad_b.mul_(g).to(ctx.bias_dtype) if grad_b is not None else None
         return dh, dw, db, None, None, None, None, None, None, None, None
 
 
@@ -143,9 +164,13 @@ def fused_linear_cross_entropy(
     if not 1 <= n_valid <= vocab:
         raise ValueError(f"fused_linear_cross_entropy: num_valid_classes must be in [1, {vocab}], got {n_valid}.")
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_valid))
-    if bool(bad.any()):
-        raise ValueError(f"fused_linear_cross_entropy: label {int(labels[bad][0])} is outside [0, {n_valid}) and is "
-                         f"not ignore_index ({ignore_index}).")
+    if debug_checks(labels):
+        if bool(bad.any()):
+            raise ValueError(f"fused_linear_cross_entropy: label {int(labels[bad][0])} is outside [0, {n_valid}) and "
+                             f"is not ignore_index ({ignore_index}).")
+    else:
+        torch._assert_async(~bad.any(), f"fused_linear_cross_entropy: a label is outside [0, {n_valid}) and is not "
+                            f"ignore_index ({ignore_index})")
     hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     # The matmuls run in autocast's dtype when autocast is on (as F.linear would), else in the

@@ -17,9 +17,11 @@ DENSE_CASES = [
     (1, 1, 1, 97, 50, 64, True, False),     # q_len > k_len: the first rows see no key -> zeros
     (1, 1, 1, 65, 65, 256, True, False),    # the largest head dim
     (1, 1, 1, 257, 257, 152, False, True),
+    (1, 2, 1, 130, 130, 152, True, False),  # causal at head dim 152 (tiles 128 + 32), grouped-query heads
 ]
-# Long sequences: one dtype under the interpreter (it is slow), every dtype on a GPU.
-LONG_CASES = [(1, 1, 1, 1025, 1025, 128, True, False)]
+# Long sequences (more than 2048 rows: many key blocks, a one-row tail block): one dtype under the
+# interpreter (it is slow), every dtype on a GPU.
+LONG_CASES = [(1, 1, 1, 2049, 2049, 64, True, False)]
 
 
 def _qkv(b, h, hk, tq, tk, d, dtype, seed=0):
@@ -247,19 +249,29 @@ def test_dropout_varlen_and_mask_are_seeded():
         flash_attn_varlen_func(q, k, v, cu, cu, 21, 21, dropout_p=1.0)
 
 
-def test_gpu_tile_configs_fit_big_head_dims():
-    """The autotuner's candidates for a 256-wide head-dim tile (head dim 152 or 256) keep shared memory
-    within an H100's 228 KiB: small key blocks, few pipeline stages."""
+def test_tile_plan_per_head_dim():
+    """Head dims are split into power-of-two tiles without padding to the next power of two, and
+    every head-dim class has its own forward and backward tiles."""
     from turing_kernels import _attention_triton as kern
+    from turing_kernels.attention import head_dim_tiles
 
-    def smem_kib(c, block_d, elt=2):
-        # q tile + (k, v) tiles per pipeline stage, fp16/bf16
-        return (c.kwargs["BLOCK_M"] * block_d + 2 * c.num_stages * c.kwargs["BLOCK_N"] * block_d) * elt / 1024
-
-    for block_d in (64, 128, 256):
-        fwd = kern._prune_fwd(kern._fwd_configs(), {}, BLOCK_D=block_d)
-        bwd = kern._prune_bwd(kern._bwd_configs(), {}, BLOCK_D=block_d)
-        assert fwd and bwd
-        assert all(smem_kib(c, block_d) <= 228 for c in fwd), [str(c) for c in fwd]
-    big = kern._prune_bwd(kern._bwd_configs(), {}, BLOCK_D=256)
-    assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 32 for c in big)
+    assert head_dim_tiles(152) == (128, 32)
+    assert head_dim_tiles(128) == (128, 0)
+    assert head_dim_tiles(80) == (64, 16)
+    assert head_dim_tiles(96) == (64, 32)
+    assert head_dim_tiles(40) == (32, 16)
+    assert head_dim_tiles(8) == (16, 0)
+    assert head_dim_tiles(256) == (256, 0)
+    for d in range(1, 257):
+        a, b = head_dim_tiles(d)
+        assert d <= a + b <= max(16, 1 << (d - 1).bit_length()), d  # never more than the next power of two
+    for d, cls in ((64, 64), (128, 128), (152, 160), (256, 256)):
+        a, b = head_dim_tiles(d)
+        assert kern.head_dim_class(a + b) == cls
+        for tiles, drop in ((kern.FWD_TILES, kern.FWD_DROPOUT_TILES), (kern.DKDV_TILES, kern.DKDV_DROPOUT_TILES),
+                            (kern.DQ_TILES, kern.DQ_DROPOUT_TILES)):
+            for dropout, table in ((False, tiles), (True, drop)):
+                kept = kern._pruner(tiles, drop)(kern._configs(tiles, drop), {}, BLOCK_D=a, BLOCK_D2=b,
+                                                 HAS_DROPOUT=dropout)
+                assert sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                              for c in kept) == sorted(table[cls])

@@ -96,3 +96,24 @@ def test_autocast_and_fp32_master_weights():
     torch.testing.assert_close(gw, w.grad, atol=2e-2, rtol=5e-2)
     # Without autocast, mixed dtypes promote instead of failing.
     assert fused_linear_cross_entropy(h.half(), w, y).dtype == torch.float32
+
+
+def test_weight_grad_accumulates_in_fp32_and_backward_reuses_buffers():
+    """64 chunks of half-precision products summed into dW: the result stays within a few roundings of
+    the exact gradient (fp32 accumulation); the backward scales the stored buffers in place, so a
+    second backward through the same loss is refused instead of returning wrong gradients."""
+    dtype = torch.float16
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(64, 32, generator=g)).to(DEVICE, dtype).requires_grad_()
+    w = (torch.randn(300, 32, generator=g) * 0.1).to(DEVICE, dtype).requires_grad_()
+    y = torch.randint(0, 300, (64,), generator=g).to(DEVICE)
+    loss = fused_linear_cross_entropy(h, w, y, chunk_size=1, reduction="sum")
+    loss.backward(retain_graph=True)
+    hd, wd = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    torch.nn.functional.cross_entropy(hd @ wd.t(), y, reduction="sum").backward()
+    one_rounding = (wd.grad.to(dtype).double() - wd.grad).abs().max().item()
+    err = (w.grad.double() - wd.grad).abs().max().item()
+    assert err <= 2 * one_rounding, (err, one_rounding)  # fp16 accumulation: about 15 roundings here
+    assert w.grad.dtype == dtype and h.grad.dtype == dtype
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
