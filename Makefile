@@ -1,4 +1,4 @@
-# make demo   train the tiny TuringNLG on the bundled corpus (CPU, a few minutes), then generate
+# make demo   train a BPE on the bundled corpus, then a small TuringNLG on it (CPU, ~3-5 minutes), then generate
 # make test   the test suite (CPU; GPU tests run too where CUDA is present)
 # make bench  the benchmarks (each prints ratios against a peer measured in the same run)
 #
@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean-venv
+.PHONY: demo test bench install clean-venv gpu-check
 
 install: $(STAMP)
 
@@ -36,8 +36,12 @@ $(STAMP):
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+DEMO_TOKENIZER := data_cache/tokenizers/shakespeare-bpe-1024
+
 demo: $(STAMP)
-	$(PY) recipes/pretrain_nlg.py --config tiny.yaml --demo true
+	@test -f $(DEMO_TOKENIZER)/tokenizer.json || $(PY) recipes/prepare_data.py tokenizer \
+		--input recipes/data/tinyshakespeare.txt --kind bpe --vocab-size 1024 --output $(DEMO_TOKENIZER) --overwrite
+	$(PY) recipes/pretrain_nlg.py --config demo.yaml --demo true
 
 bench: $(STAMP)
 	$(PY) benchmarks/generate.py
@@ -46,6 +50,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/onnx.py
+
+# on a GPU machine: kernel tests + benchmarks against the goals, < 8 min (kernels/gpu_check.py); elsewhere exit 2
+gpu-check:
+	@$(PYTHON) kernels/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

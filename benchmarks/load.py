@@ -80,7 +80,7 @@ def build(folder: Path, size_mb: float, hidden: int = HIDDEN) -> tuple[Path, Pat
     """A TuringNLG checkpoint of about ``size_mb`` and the same weights as a GPT-2 checkpoint."""
     import torch
 
-    from turing_models.convert.gpt2 import export_gpt2
+    from turing_models.nlg.adapter_gpt2 import export_gpt2
     from turing_models.nlg import TuringNLGConfig, TuringNLGForCausalLM
 
     vocab = 50257

@@ -27,20 +27,19 @@ exits 1.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
+import torch
 
-import torch  # noqa: E402
-
-from turing_models.convert.onnx import OnnxMismatchError  # noqa: E402
-from turing_models.errors import UsageError, cli_main  # noqa: E402
+from turing_models.convert.onnx import OnnxMismatchError
+from turing_models.errors import UsageError, cli_main
+from turing_models.training.config import parse_command, positional
 
 PUBLIC_NLU_TYPES = ("bert", "roberta", "xlm-roberta")
 # our head class -> the transformers Auto class that loads the same head in the public format
@@ -69,7 +68,7 @@ class ParityError(RuntimeError):
 # helpers
 # --------------------------------------------------------------------------------------------- #
 def _read_config(source: str) -> dict[str, Any]:
-    from turing_models.convert.gpt2 import read_checkpoint_config
+    from turing_models.layers.state_dict_adapter import read_checkpoint_config
 
     return read_checkpoint_config(source)
 
@@ -173,7 +172,16 @@ def _auto(class_name: str):
 def cmd_download(args) -> dict[str, Any]:
     from turing_models import hub
 
-    path = hub.download(args.repo_id, args.dir, revision=args.revision)
+    dest = hub.local_path(hub.check_repo_id(args.repo_id), args.dir)
+    partial = dest.with_name(f".{dest.name}.partial")
+    new_dirs = [p for p in (partial, *partial.parents) if not p.exists()]
+    try:
+        path = hub.download(args.repo_id, args.dir, revision=args.revision)
+    except BaseException:
+        for folder in new_dirs:  # a failed download (offline, no such model) leaves no empty folders
+            if folder.is_dir() and not any(p for p in folder.iterdir() if p.name != ".cache"):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
     files = sorted(p.name for p in path.iterdir())
     print(f"downloaded {args.repo_id} -> {path} ({len(files)} files: {', '.join(files[:8])}"
           f"{', ...' if len(files) > 8 else ''})")
@@ -235,7 +243,7 @@ def cmd_from_turing(args) -> dict[str, Any]:
         if raw["model_type"] == "turing_nlg":
             if args.model_type not in (None, "gpt2"):
                 raise UsageError(f"TuringNLG exports to gpt2, not {args.model_type}.")
-            from turing_models.convert.gpt2 import export_gpt2
+            from turing_models.nlg.adapter_gpt2 import export_gpt2
 
             export_gpt2(model, tmp)
             if tokenizer is not None:
@@ -245,7 +253,7 @@ def cmd_from_turing(args) -> dict[str, Any]:
         else:
             if args.model_type == "gpt2":
                 raise UsageError("TuringNLU exports to bert, roberta or xlm-roberta, not gpt2.")
-            from turing_models.convert.bert import export_to_hf
+            from turing_models.nlu.adapter_bert import export_to_hf
 
             export_to_hf(model, tmp / "model", args.model_type, tokenizer=tokenizer)
             for item in (tmp / "model").iterdir():
@@ -307,70 +315,114 @@ def cmd_onnx(args) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- #
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convert.py", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# the command line: one dataclass per subcommand
+# --------------------------------------------------------------------------------------------- #
+NLUHead = Literal["auto", "TuringNLUModel", "TuringNLUForMaskedLM", "TuringNLUForSequenceClassification",
+                  "TuringNLUForQuestionAnswering", "TuringNLUForTokenClassification"]
 
-    p = sub.add_parser("download", help="snapshot a Hub model into checkpoints/<org>/<name>")
-    p.add_argument("repo_id", help="e.g. openai-community/gpt2")
-    p.add_argument("--dir", default=None, help="target folder (default: checkpoints/<org>/<name>)")
-    p.add_argument("--revision", default=None, help="branch, tag or commit")
-    p.set_defaults(fn=cmd_download)
 
-    for name, fn, help_text in (
-        ("to-turing", cmd_to_turing, "GPT-2 -> TuringNLG, BERT / RoBERTa / XLM-R -> TuringNLU"),
-        ("from-turing", cmd_from_turing, "TuringNLG -> GPT-2, TuringNLU -> BERT / RoBERTa / XLM-R"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("source", help="a model folder (or a Hub id in the local cache / checkpoint store)")
-        p.add_argument("output", help="the folder to write")
-        if name == "to-turing":
-            p.add_argument("--head", default="auto", choices=["auto"] + [k for k in AUTO_FOR if k.startswith("TuringNLU")],
-                           help="TuringNLU class for BERT-family sources (default: from architectures)")
-        else:
-            p.add_argument("--model-type", default=None, choices=["gpt2", *PUBLIC_NLU_TYPES],
-                           help="target format (default: the format the model came from)")
-        p.add_argument("--tolerance", type=float, default=1e-3, help="max allowed logit difference (fp32)")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-        p.set_defaults(fn=fn)
+@dataclass
+class Download:
+    """Snapshot a Hub model into checkpoints/<org>/<name>."""
 
-    p = sub.add_parser("consolidate", help="sharded training checkpoint (ZeRO / FSDP2) -> save_pretrained folder")
-    p.add_argument("checkpoint", help="a run folder (newest checkpoint) or a step-* folder")
-    p.add_argument("output")
-    p.add_argument("--config", default=None, help="model config.json or folder (default: the run's final/)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder or built-in name to save alongside")
-    p.add_argument("--dtype", default="keep", choices=["keep", "float32", "bfloat16", "float16"])
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(fn=cmd_consolidate)
+    repo_id: str = field(default="", metadata=positional("e.g. openai-community/gpt2"))
+    dir: Optional[str] = None
+    """Target folder (default: checkpoints/<org>/<name>)."""
+    revision: Optional[str] = None
+    """Branch, tag or commit."""
 
-    p = sub.add_parser("push", help="upload a model folder with a generated model card")
-    p.add_argument("model_dir", help="a save_pretrained folder, e.g. checkpoints/runs/<run>/final")
-    p.add_argument("repo_id", help="<namespace>/<name> on the Hub")
-    p.add_argument("--run", default=None, help="the run folder with metrics.jsonl (default: the model's parent)")
-    p.add_argument("--config", default=None, help="the recipe YAML (default: the run's config.yaml)")
-    p.add_argument("--license", default="mit")
-    p.add_argument("--dataset", action="append", default=[], help="Hub dataset id for the card (repeatable)")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--revision", default=None, help="branch to push to")
-    p.add_argument("--dry-run", action="store_true", help="print the card and the file list; upload nothing")
-    p.set_defaults(fn=cmd_push)
 
-    p = sub.add_parser("onnx", help="export to ONNX and check it with ONNX Runtime")
-    p.add_argument("source", help="a TuringNLG / TuringNLU folder")
-    p.add_argument("output", help="the folder to write (model.onnx, config.json, onnx.json, tokenizer)")
-    p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--tolerance", type=float, default=1e-4, help="max allowed ONNX Runtime vs PyTorch difference")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check")
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(fn=cmd_onnx)
-    return parser
+@dataclass
+class _Conversion:
+    source: str = field(default="", metadata=positional("a model folder (or a Hub id in the local cache / store)"))
+    output: str = field(default="", metadata=positional("the folder to write"))
+    tolerance: float = 1e-3
+    """Max allowed logit difference (fp32)."""
+    overwrite: bool = False
+    """Replace an existing output folder."""
+
+
+@dataclass
+class ToTuring(_Conversion):
+    """GPT-2 -> TuringNLG, BERT / RoBERTa / XLM-R -> TuringNLU."""
+
+    head: NLUHead = "auto"
+    """TuringNLU class for BERT-family sources (default: from architectures)."""
+
+
+@dataclass
+class FromTuring(_Conversion):
+    """TuringNLG -> GPT-2, TuringNLU -> BERT / RoBERTa / XLM-R."""
+
+    model_type: Optional[Literal["gpt2", "bert", "roberta", "xlm-roberta"]] = None
+    """Target format (default: the format the model came from)."""
+
+
+@dataclass
+class Consolidate:
+    """Sharded training checkpoint (ZeRO / FSDP2) -> save_pretrained folder."""
+
+    checkpoint: str = field(default="", metadata=positional("a run folder (newest checkpoint) or a step-* folder"))
+    output: str = field(default="", metadata=positional("the folder to write"))
+    config: Optional[str] = None
+    """Model config.json or folder (default: the run's final/)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or built-in name to save alongside."""
+    dtype: Literal["keep", "float32", "bfloat16", "float16"] = "keep"
+    overwrite: bool = False
+    """Replace an existing output folder."""
+
+
+@dataclass
+class Push:
+    """Upload a model folder with a generated model card."""
+
+    model_dir: str = field(default="", metadata=positional("a save_pretrained folder, e.g. checkpoints/runs/<run>/final"))
+    repo_id: str = field(default="", metadata=positional("<namespace>/<name> on the Hub"))
+    run: Optional[str] = None
+    """The run folder with metrics.jsonl (default: the model's parent)."""
+    config: Optional[str] = None
+    """The recipe YAML (default: the run's config.yaml)."""
+    license: str = "mit"
+    dataset: list[str] = field(default_factory=list)
+    """Hub dataset ids for the card."""
+    private: bool = False
+    revision: Optional[str] = None
+    """Branch to push to."""
+    dry_run: bool = False
+    """Print the card and the file list; upload nothing."""
+
+
+@dataclass
+class Onnx:
+    """Export to ONNX and check it with ONNX Runtime."""
+
+    source: str = field(default="", metadata=positional("a TuringNLG / TuringNLU folder"))
+    output: str = field(default="", metadata=positional("the folder to write (model.onnx, config.json, onnx.json, tokenizer)"))
+    opset: int = 17
+    tolerance: float = 1e-4
+    """Max allowed ONNX Runtime vs PyTorch difference."""
+    no_verify: bool = False
+    """Skip the ONNX Runtime check."""
+    overwrite: bool = False
+    """Replace an existing output folder."""
+
+
+COMMANDS = {
+    "download": (Download, cmd_download),
+    "to-turing": (ToTuring, cmd_to_turing),
+    "from-turing": (FromTuring, cmd_from_turing),
+    "consolidate": (Consolidate, cmd_consolidate),
+    "push": (Push, cmd_push),
+    "onnx": (Onnx, cmd_onnx),
+}
 
 
 @cli_main
 def _run(argv: Optional[list[str]]) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    return args.fn(args)
+    name, args = parse_command({k: cls for k, (cls, _) in COMMANDS.items()}, argv, prog="convert.py",
+                               description=__doc__)
+    return COMMANDS[name][1](args)
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from turing_models.errors import cli_main
 
 @cli_main
 def main(argv: list[str] | None = None) -> dict:
+    from turing_models.tasks.common import format_metrics
     from turing_models.tasks.evaluate import EvaluateConfig, run_evaluate
-    from turing_models.tasks.finetune import format_metrics
     from turing_models.training.config import parse_config
 
     cfg = parse_config(EvaluateConfig, list(sys.argv[1:] if argv is None else argv), prog="evaluate.py")
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{line} (window {metrics['max_length']}, stride {metrics['stride']})")
     else:
         print(f"{cfg.task} eval: {format_metrics(metrics, cfg.task)}")
+        if metrics.get("null_threshold_source"):
+            print(f"qa no-answer: null score - best span score > {metrics['null_threshold']:.4g} ({metrics['null_threshold_source']})")
     if cfg.output:
         print(f"metrics: {cfg.output}/metrics.json")
     else:

@@ -19,39 +19,50 @@ than the context, bad flags) print one line and exit with status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Literal, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from turing_models.errors import UsageError, cli_main
+from turing_models.training.config import parse_config, positional
 
-from turing_models.errors import UsageError, cli_main  # noqa: E402
 
+@dataclass
+class GenerateArgs:
+    """Generate text from a TuringNLG or GPT-2-family checkpoint."""
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("model", help="checkpoint folder or Hub id (TuringNLG, or GPT-2 family: converted on load)")
-    p.add_argument("prompt", nargs="?", default=None, help='the prompt; omitted or "-": read standard input')
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default 64)")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding (ignores the sampling flags)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature > 0 (default 0.8)")
-    p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0 = off (default 50)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1]; 1 = off (default 0.95)")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (default 1 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: as stored)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder or Hub id (default: the model's, else GPT-2 BPE)")
-    p.add_argument("--no-stream", action="store_true", help="print the completion at the end instead of streaming")
-    return p
+    model: str = field(default="", metadata=positional(
+        "checkpoint folder or Hub id (TuringNLG, or GPT-2 family: converted on load)"))
+    prompt: Optional[str] = field(default=None, metadata=positional(
+        'the prompt; omitted or "-": read standard input', optional=True))
+    max_new_tokens: int = 64
+    """Tokens to generate at most."""
+    greedy: bool = False
+    """Greedy decoding (ignores the sampling flags)."""
+    temperature: float = 0.8
+    """Sampling temperature > 0."""
+    top_k: int = 50
+    """Sample from the k most likely tokens; 0 = off."""
+    top_p: float = 0.95
+    """Nucleus sampling mass in (0, 1]; 1 = off."""
+    num_beams: int = 1
+    """Beam search with this many beams (1 = off)."""
+    repetition_penalty: float = 1.0
+    """> 1 discourages repeats."""
+    seed: Optional[int] = None
+    """Random seed for reproducible sampling."""
+    device: Optional[str] = None
+    """cpu, cuda, cuda:1 ... (default: cuda when available)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype (auto: as stored)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or Hub id (default: the model's, else GPT-2 BPE)."""
+    no_stream: bool = False
+    """Print the completion at the end instead of streaming."""
 
 
 def check_local_path(model: str) -> None:
-    from turing_models.convert.gpt2 import check_local_path as check
+    from turing_models.layers.state_dict_adapter import check_local_path as check
 
     check(model)
 
@@ -107,7 +118,7 @@ def read_prompt(prompt: str | None) -> str:
 
 @cli_main
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_config(GenerateArgs, argv, prog="generate.py", description=__doc__)
     check_args(args)
     check_local_path(args.model)  # before the slow imports
     prompt = read_prompt(args.prompt)

@@ -29,7 +29,7 @@ from .nlu import (
     TuringNLUModel,
 )
 
-from turing_kernels import register_with_transformers as _register_turing_attention
+from .layers import register_with_transformers as _register_turing_attention
 
 _register_turing_attention()  # "turing" in transformers' AttentionInterface (no Triton import)
 

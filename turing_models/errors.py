@@ -1,9 +1,16 @@
-"""Errors for people (DESIGN.md principle 8).
+"""Errors for people.
 
-Every recipe wraps its ``main`` with :func:`cli_main`: a :class:`UsageError` (or a
-``ValueError`` / ``FileNotFoundError`` raised while validating input) becomes one line on
-stderr, ``error: <what is wrong and how to fix it>``, and exit status 2. Anything else is a
-bug and keeps its traceback.
+Every recipe wraps its ``main`` with :func:`cli_main`, which maps exactly these to one line on
+stderr and an exit status:
+
+* :class:`UsageError` (bad input: a config, path, checkpoint or argument): ``error: <what is
+  wrong and how to fix it>``, exit status 2;
+* a :class:`RuntimeFault` (documented faults that are neither bugs nor bad input): its own line
+  and status, e.g. a full disk (74) or a preempted run (143);
+* Ctrl-C outside training: ``interrupted``, exit status 130.
+
+Anything else is a bug and keeps its traceback. Code that validates user input raises
+:class:`UsageError` (see :data:`USAGE_ERRORS` for the plain errors still accepted).
 """
 
 from __future__ import annotations
@@ -22,6 +29,25 @@ class UsageError(ValueError):
     """
 
 
+class RuntimeFault(Exception):
+    """A documented runtime fault (not a bug, not bad input): one line on stderr and its own exit
+    status. Subclasses set ``exit_status`` and the line's ``prefix``."""
+
+    exit_status = 1
+    prefix = "error"
+
+
+class Preempted(RuntimeFault):
+    """SIGTERM (a scheduler's preemption) or SIGINT stopped training after a checkpoint was saved;
+    exit status 143 (128 + SIGTERM), so a scheduler sees the job as not finished."""
+
+    exit_status = 143
+    prefix = "stopped"
+
+
+#: What :func:`cli_main` reports as bad input (exit status 2). ``ValueError`` and
+#: ``FileNotFoundError`` are still here while a few task loaders raise them for bad user input;
+#: once those raise :class:`UsageError`, this becomes ``(UsageError,)``.
 USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, FileNotFoundError)
 
 
@@ -34,12 +60,16 @@ def one_line(exc: BaseException) -> str:
 
 
 def cli_main(fn: F) -> F:
-    """Decorate a recipe's ``main``: usage errors exit 2 with one line, no traceback."""
+    """Decorate a recipe's ``main``: usage errors exit 2 with one line, runtime faults with their
+    own status and one line; anything else keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except RuntimeFault as exc:  # a full disk (74), a preempted run (143)
+            print(f"{exc.prefix}: {one_line(exc)}", file=sys.stderr)
+            raise SystemExit(exc.exit_status) from None
         except USAGE_ERRORS as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(2) from None

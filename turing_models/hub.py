@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from .errors import UsageError
+from .io import read_config, read_json, safetensors_header
 
 PathLike = Union[str, os.PathLike]
 
@@ -209,10 +210,7 @@ def summarize_run(run_dir: Optional[PathLike], config_file: Optional[PathLike] =
                     summary.eval = evals
         task_file = run_dir / "metrics.json"
         if task_file.is_file():
-            try:
-                data = json.loads(task_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{task_file} is not valid JSON ({exc.msg}).") from None
+            data = read_json(task_file, what="task metrics")
             summary.task_metrics = {k: v for k, v in data.items()
                                     if isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)}
         if config_file is None:
@@ -235,17 +233,10 @@ def _finite(value: Any) -> bool:
 # --------------------------------------------------------------------------------------------- #
 def count_parameters(model_dir: PathLike) -> int:
     """Parameters stored in a folder's safetensors files, read from the headers (no weights loaded)."""
-    from safetensors import safe_open
-
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise UsageError(f"{model_dir} has no .safetensors weights; save it with save_pretrained first.")
-    total = 0
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for key in fh.keys():
-                total += math.prod(fh.get_slice(key).get_shape())
-    return total
+    return sum(math.prod(meta["shape"]) for file in files for meta in safetensors_header(file).values())
 
 
 def _human(n: Optional[float]) -> str:
@@ -258,14 +249,10 @@ def _human(n: Optional[float]) -> str:
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
-    file = model_dir / "config.json"
-    if not file.is_file():
+    if not (model_dir / "config.json").is_file():
         raise UsageError(f"{model_dir} is not a model folder (no config.json); pass a save_pretrained folder, "
                          "e.g. checkpoints/runs/<run>/final.")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{file} is not valid JSON ({exc.msg}).") from None
+    return read_config(model_dir)
 
 
 def _training_data(summary: RunSummary) -> Optional[str]:
@@ -338,7 +325,7 @@ def model_card(
         ("vocabulary", f"{vocab:,} tokens" if vocab else "unknown"),
     ]
     if model_type == "turing_nlg":
-        rows.append(("block", f"pre-LN GPT decoder, {config.get('activation', 'gelu')} MLP, learned positions"))
+        rows.append(("block", f"pre-LN GPT decoder, {config.get('hidden_act', config.get('activation', 'gelu'))} MLP, learned positions"))
     elif model_type == "turing_nlu":
         rows.append(("block", f"{config.get('norm_position', 'post')}-LN bidirectional encoder, "
                               f"{config.get('hidden_act', 'gelu')} MLP"))

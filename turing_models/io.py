@@ -7,8 +7,12 @@
   it verifies (:func:`write_manifest`, :func:`verify_manifest`);
 * JSON and ``config.json`` readers that name the file in their error;
 * safetensors headers and tensors, with damaged files reported in one line;
+* state trees (:func:`save_state` / :func:`load_state`): nested optimizer, scheduler, RNG and data
+  states as JSON + safetensors, the pickle-free format of training checkpoints;
 * :func:`safe_torch_load`, the project's only ``torch.load``: always ``weights_only=True``, so no
-  file a user hands us is ever unpickled into code.
+  file a user hands us is ever unpickled into code;
+* :class:`DiskFullError`: a full disk (or file-size limit) while writing, raised after the
+  temporary file or folder was removed; exit status 74 under ``cli_main``.
 
 This module imports nothing else of the project but :mod:`turing_models.errors`.
 """
@@ -25,9 +29,9 @@ import shutil
 import struct
 import uuid
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional, Sequence
 
-from .errors import UsageError
+from .errors import RuntimeFault, UsageError
 
 PathLike = str | os.PathLike
 
@@ -37,8 +41,19 @@ MANIFEST_FILE = "manifest.json"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
-class DiskFullError(OSError):
-    """The disk (or a file-size limit) ran out while writing; nothing half-written was left."""
+class DiskFullError(OSError, RuntimeFault):
+    """The disk (or a file-size limit) ran out while writing; nothing half-written was left.
+    Exit status 74 (``EX_IOERR``) under :func:`~turing_models.errors.cli_main`."""
+
+    exit_status = 74
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    @classmethod
+    def writing(cls, what: str, code: int = errno.ENOSPC) -> "DiskFullError":
+        return cls(code, f"no space left while writing {what} ({os.strerror(code)}); free some space and run "
+                         "again (nothing was left half-written)")
 
 
 def _temp_sibling(target: Path) -> Path:
@@ -118,10 +133,22 @@ def remove_tree(path: PathLike) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _reraise_disk_full(exc: OSError, target: Path) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        raise DiskFullError(exc.errno, f"no space left while writing {target} ({os.strerror(exc.errno)}); "
-                                       "free some space and run again (nothing was left half-written)") from None
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# how libraries that do their own I/O (safetensors' Rust writer) report the same errnos
+_FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|"
+                        rf"(?:os error|code:) ?(?:{'|'.join(str(e) for e in _FULL_ERRNOS)})")
+
+
+def raise_if_disk_full(exc: BaseException, target: PathLike) -> None:
+    """Raise :class:`DiskFullError` when ``exc`` says the disk or a file-size limit ran out."""
+    if isinstance(exc, DiskFullError):
+        return
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code not in _FULL_ERRNOS:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or not _FULL_TEXT.search(str(exc)):
+            return
+        code = errno.ENOSPC
+    raise DiskFullError.writing(str(target), code) from None
 
 
 @contextlib.contextmanager
@@ -132,27 +159,44 @@ def atomic_directory(target: PathLike, *, overwrite: bool = False, manifest: boo
     was. With ``overwrite`` an existing ``target`` is replaced. With ``manifest`` a
     :data:`MANIFEST_FILE` of every file's size and sha256 is written last, before the rename.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(target.parent)
-    if target.exists() and not overwrite:
-        raise UsageError(f"{target} already exists; remove it or choose another output folder")
-    tmp = _temp_sibling(target)
-    tmp.mkdir()
+    tmp = make_temp_directory(target, overwrite=overwrite)
     try:
         yield tmp
-        if manifest:
-            write_manifest(tmp)
-        _fsync_tree(tmp)
-        if target.exists():
-            remove_tree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        publish_directory(tmp, target, manifest=manifest)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            _reraise_disk_full(exc, target)
+        raise_if_disk_full(exc, target)
         raise
+
+
+def make_temp_directory(target: PathLike, *, overwrite: bool = False) -> Path:
+    """The first half of :func:`atomic_directory`, for writers that span processes: clear stale
+    temporary names beside ``target`` and create a fresh temporary sibling folder."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(target.parent)
+        if target.exists() and not overwrite:
+            raise UsageError(f"{target} already exists; remove it or choose another output folder")
+        tmp = _temp_sibling(target)
+        tmp.mkdir()
+    except OSError as exc:
+        raise_if_disk_full(exc, target)
+        raise
+    return tmp
+
+
+def publish_directory(tmp: PathLike, target: PathLike, *, manifest: bool = False) -> None:
+    """The second half of :func:`atomic_directory`: write the manifest (last), fsync, replace
+    ``target`` by ``tmp``. On error the caller removes ``tmp``."""
+    tmp, target = Path(tmp), Path(target)
+    if manifest:
+        write_manifest(tmp)
+    _fsync_tree(tmp)
+    if target.exists():
+        remove_tree(target)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
@@ -170,8 +214,7 @@ def atomic_file(path: PathLike, mode: str = "w", encoding: Optional[str] = "utf-
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError):
-            _reraise_disk_full(exc, path)
+        raise_if_disk_full(exc, path)
         raise
 
 
@@ -240,6 +283,29 @@ def verify_manifest(folder: PathLike, *, check_hashes: bool = True) -> Optional[
         if check_hashes and sha256_file(path) != meta["sha256"]:
             return f"{rel} does not match its sha256"
     return None
+
+
+def numbered_dirs(folder: PathLike, prefix: str) -> list[Path]:
+    """The ``<prefix><number>`` folders in ``folder`` (e.g. ``step-00000100``), lowest number first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := pattern.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def newest_verified(folders: Sequence[Path], why=None) -> tuple[Optional[Path], list[tuple[Path, str]]]:
+    """Walk back from the last of ``folders`` to the last that verifies (``why(folder)`` is None;
+    default :func:`verify_manifest`). Returns it (or None) and the ``(folder, reason)`` pairs skipped."""
+    why = why or verify_manifest
+    skipped = []
+    for path in reversed(list(folders)):
+        reason = why(path)
+        if reason is None:
+            return path, skipped
+        skipped.append((path, reason))
+    return None, skipped
 
 
 # ---------------------------------------------------------------------------- JSON and config.json
@@ -326,25 +392,40 @@ def save_safetensors(tensors: dict, path: PathLike, metadata: Optional[dict] = N
 
     path = Path(path)
     tmp = _temp_sibling(path)
+    seen: set = set()
+    plain = {}
+    for key, value in tensors.items():
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        ptr = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes()) if value.numel() else None
+        if ptr is not None and (ptr in seen or not value.is_contiguous() or value.storage_offset()
+                                or value.untyped_storage().nbytes() != value.numel() * value.element_size()):
+            value = value.clone()  # tied or viewed tensors: safetensors stores each one on its own
+        elif ptr is not None:
+            seen.add(ptr)
+        plain[key] = value
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file(plain, str(tmp), metadata=metadata)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError):
-            _reraise_disk_full(exc, path)
+        raise_if_disk_full(exc, path)
         raise
 
 
 # ---------------------------------------------------------------------------- the one torch.load
 
-def safe_torch_load(path: PathLike, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
+def safe_torch_load(path: PathLike, *, map_location: Any = "cpu", mmap: bool = False,
+                    safe_globals: Sequence[Any] = ()) -> Any:
     """``torch.load`` with ``weights_only=True``: tensors and plain containers only, never code.
 
+    ``safe_globals``: extra classes the file may name (e.g. a library's enum or plain dataclass
+    in its checkpoints), admitted through ``torch.serialization.safe_globals``; nothing else is.
     A file that holds anything else (a pickled object, a ``__reduce__`` payload) or is damaged
     is a :class:`UsageError` in one line, and nothing in it runs."""
-    import pickle
+    from pickle import UnpicklingError
 
     import torch
 
@@ -352,11 +433,98 @@ def safe_torch_load(path: PathLike, *, map_location: Any = "cpu", mmap: bool = F
     if not path.is_file():
         raise UsageError(f"{path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except UnpicklingError as exc:
         first = " ".join(str(exc).split())[:160]
         raise UsageError(f"{path} holds Python objects, not plain tensors, and is never unpickled "
                          f"({first}); convert it to safetensors from a trusted environment") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise UsageError(f"{path} is damaged or not a PyTorch weights file ({' '.join(str(exc).split())[:160]}); "
                          "restore it or use an earlier copy") from None
+
+
+# ---------------------------------------------------------------------------- state trees
+
+def split_tensors(obj: Any, prefix: str = "") -> tuple[Any, dict]:
+    """Split a nested state (dicts, lists, tuples, numbers, strings, tensors, numpy arrays) into a
+    JSON-able skeleton and a flat ``{name: tensor}`` dict for safetensors. Tensors become
+    ``{"__tensor__": name}``, tuples ``{"__tuple__": [...]}``, numpy arrays
+    ``{"__ndarray__": [...], "dtype": ...}``; :func:`join_tensors` reverses it exactly."""
+    import torch
+
+    tensors: dict = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if torch.is_tensor(value):
+            tensors[path] = value
+            return {"__tensor__": path}
+        if isinstance(value, dict):
+            if not all(isinstance(k, (str, int)) for k in value):
+                raise TypeError(f"state key types {sorted({type(k).__name__ for k in value})} at {path or '/'}")
+            items = {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+            if all(isinstance(k, str) and not k.startswith("__") for k in value):
+                return items
+            return {"__dict__": [[k, v] for k, v in items.items()]}
+        if isinstance(value, tuple):
+            return {"__tuple__": [walk(v, f"{path}.{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if type(value).__module__ == "numpy":
+            import numpy as np
+
+            if isinstance(value, np.ndarray):
+                return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+            return value.item()
+        raise TypeError(f"cannot store a {type(value).__name__} at {path or '/'} without pickle")
+
+    return walk(obj, prefix), tensors
+
+
+def join_tensors(skeleton: Any, tensors: dict) -> Any:
+    """The inverse of :func:`split_tensors`."""
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            if "__tensor__" in value:
+                return tensors[value["__tensor__"]]
+            if "__dict__" in value:
+                return {k: walk(v) for k, v in value["__dict__"]}
+            if "__tuple__" in value:
+                return tuple(walk(v) for v in value["__tuple__"])
+            if "__ndarray__" in value:
+                import numpy as np
+
+                return np.asarray(value["__ndarray__"], dtype=value["dtype"])
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(skeleton)
+
+
+def save_state(folder: PathLike, name: str, state: Any) -> None:
+    """Write a nested state as ``name.json`` (+ ``name.safetensors`` for its tensors): the
+    project's replacement for pickling optimizer, scheduler, RNG and data states."""
+    folder = Path(folder)
+    skeleton, tensors = split_tensors(state)
+    if tensors:
+        save_safetensors(tensors, folder / f"{name}.safetensors")
+    write_json_atomic(folder / f"{name}.json", {"format": 1, "state": skeleton})
+
+
+def load_state(folder: PathLike, name: str) -> Any:
+    """Read what :func:`save_state` wrote; damaged files are a :class:`UsageError`."""
+    folder = Path(folder)
+    data = read_json(folder / f"{name}.json", what="state file")
+    if not isinstance(data, dict) or "state" not in data:
+        raise UsageError(f"state file {folder / f'{name}.json'} is damaged; resume from an earlier checkpoint")
+    file = folder / f"{name}.safetensors"
+    tensors = load_safetensors(file) if file.is_file() else {}
+    try:
+        return join_tensors(data["state"], tensors)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"state file {folder / f'{name}.json'} does not match its tensors ({exc}); "
+                         "resume from an earlier checkpoint") from None

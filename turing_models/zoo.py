@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from .errors import UsageError
+
 FAMILIES = ("nlg", "nlu")
 
 
@@ -36,6 +38,7 @@ class ZooEntry:
     context: int
     vocab: int
     parameters: int
+    tp_sizes: tuple[int, ...] = (1,)  # tensor-parallel sizes with whole heads and MLP columns per rank
 
     @property
     def parameters_human(self) -> str:
@@ -56,7 +59,7 @@ def _split(name: str) -> tuple[str, str]:
         return "nlg", key
     if key in NLU_SCALES:
         return "nlu", key
-    raise ValueError(f"zoo name {name!r} is unknown; choose one of {', '.join(names())}.")
+    raise UsageError(f"zoo name {name!r} is unknown; choose one of {', '.join(names())}.")
 
 
 def names(family: Optional[str] = None) -> list[str]:
@@ -122,7 +125,21 @@ def entry(name: str) -> ZooEntry:
         context=cfg.max_position_embeddings,
         vocab=vocab,
         parameters=params,
+        tp_sizes=tuple(_tp_sizes(cfg.num_attention_heads, cfg.intermediate_size)),
     )
+
+
+def tp_sizes(name: str, limit: Optional[int] = None) -> list[int]:
+    """Tensor-parallel sizes a named scale allows: each rank holds whole attention heads and an
+    equal share of the MLP width (e.g. ``tp_sizes("nlg-17b", limit=8)`` -> ``[1, 2, 4]``: 28 heads)."""
+    cfg = config(name)
+    return _tp_sizes(cfg.num_attention_heads, cfg.intermediate_size, limit)
+
+
+def _tp_sizes(heads: int, width: int, limit: Optional[int] = None) -> list[int]:
+    from .layers.tensor_parallel import tp_sizes as sizes
+
+    return sizes(heads, width, limit)
 
 
 def markdown_table(family: str) -> str:
@@ -137,6 +154,17 @@ def markdown_table(family: str) -> str:
             f"| `{e.name}` | {e.layers} | {e.hidden} | {e.heads} | {e.head_dim} | {e.context} | "
             f"{e.vocab} | {e.parameters_human} ({e.parameters:,}) |"
         )
+    return "\n".join(rows)
+
+
+def tp_markdown_table(limit: int = 8) -> str:
+    """Which tensor-parallel sizes up to ``limit`` (GPUs in a node) every named scale allows."""
+    rows = ["| name | heads | MLP width | TP sizes (<= %d) |" % limit, "|---|---:|---:|---|"]
+    for n in names():
+        cfg = config(n)
+        allowed = _tp_sizes(cfg.num_attention_heads, cfg.intermediate_size, limit)
+        rows.append(f"| `{n}` | {cfg.num_attention_heads} | {cfg.intermediate_size} | "
+                    f"{', '.join(map(str, allowed))} |")
     return "\n".join(rows)
 
 
@@ -165,6 +193,8 @@ def main() -> None:
     print(markdown_table("nlg"))
     print("\nTuringNLU (encoder):\n")
     print(markdown_table("nlu"))
+    print("\nTensor-parallel sizes (whole heads and MLP columns per rank):\n")
+    print(tp_markdown_table())
 
 
 if __name__ == "__main__":

@@ -120,6 +120,25 @@ def test_works_on_packed_samples(tmp_path, small_corpus, unigram_tokenizer):
     assert batch["input_ids"].shape == (2, 64) and (batch["labels"] != -100).any()
 
 
+def test_packed_collator_masks_windows_and_resumes(tmp_path, small_corpus, unigram_tokenizer):
+    """PackedMLMCollator: packed windows (input_ids + shift_labels) in, a masked batch out; its
+    state is the masking RNG, so a restored collator masks the next batch exactly alike."""
+    from turing_models.data import PackedDataset, PackedMLMCollator, tokenize_corpus
+
+    out = tokenize_corpus(small_corpus, tmp_path / "u", tokenizer=unigram_tokenizer, progress=False)
+    ds = PackedDataset(out, seq_len=32, seed=0)
+    windows = [ds.window(i) for i in range(4)]
+    collator = PackedMLMCollator(DataCollatorForMLM(unigram_tokenizer, seed=3))
+    first = collator(windows)
+    assert "shift_labels" not in first  # the causal targets of the window are not passed on
+    assert first["input_ids"].shape == (4, 32) and (first["labels"] != -100).any()
+    state = collator.state_dict()
+    second = collator(windows)
+    restored = PackedMLMCollator(DataCollatorForMLM(unigram_tokenizer, seed=0))
+    restored.load_state_dict(state)
+    assert torch.equal(restored(windows)["labels"], second["labels"])
+
+
 def test_bad_settings(wordpiece_tokenizer):
     from turing_models.data import load_tokenizer
 

@@ -117,6 +117,13 @@ def test_datasets_name_streaming_and_not(tmp_path, shakespeare_paragraphs):
         )
         assert split_docs(out, "train") == expected
         assert read_manifest(out)["inputs"][0]["dataset"] == str(ds_dir)
+    # another split of the dataset as the validation set: no hash split then
+    held_out = shakespeare_paragraphs[30:36]
+    (ds_dir / "validation.jsonl").write_text("".join(json.dumps({"content": d}) + "\n" for d in held_out))
+    out = prep(dataset=str(ds_dir), field="content", streaming=True, val_dataset_split="validation",
+               output_dir=tmp_path / "split", dataset_kwargs={"cache_dir": str(tmp_path / "hf")})
+    assert split_docs(out, "train") == expected and split_docs(out, "val") == documents_of(held_out, gpt2())
+    assert [i["split"] for i in read_manifest(out)["inputs"]] == ["train", "validation"]
     with pytest.raises(UsageError, match="no column 'text'"):
         prep(dataset=str(ds_dir), streaming=True, output_dir=tmp_path / "bad")
     with pytest.raises(UsageError, match="could not load dataset"):

@@ -111,3 +111,10 @@ def test_sentencepiece_library_model_converts_exactly(tmp_path, shakespeare_para
     loaded = AutoTokenizer.from_pretrained(out)
     assert loaded("good morrow")["input_ids"] == tok("good morrow")["input_ids"]
     assert word_start_scheme(loaded) == "metaspace"
+
+
+def test_unigram_collapses_runs_of_spaces_like_sentencepiece(unigram_tokenizer):
+    """The trained unigram tokenizer normalizes as the SentencePiece one does: runs of spaces are one."""
+    one = unigram_tokenizer("First Citizen: we are poor")["input_ids"]
+    assert unigram_tokenizer("First   Citizen:  we are    poor")["input_ids"] == one
+    assert unigram_tokenizer("  First Citizen: we are poor ")["input_ids"] == one

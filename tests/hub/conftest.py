@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 NLG_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
                 hidden_dropout=0.0, attention_dropout=0.0)
 NLU_TINY = dict(vocab_size=8192, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
 
 
 def _save(model, tokenizer, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""recipes/convert.py consolidate: a trainer checkpoint (plain or FSDP2-sharded) -> save_pretrained folder."""
+"""recipes/convert.py consolidate: a trainer checkpoint -> save_pretrained folder, nothing unpickled."""
 
 from __future__ import annotations
 
@@ -63,9 +63,10 @@ def test_an_earlier_step_differs_from_the_final_weights(trained_run, tmp_path, r
     assert not torch.allclose(_logits(tmp_path / "s2", ids).float(), _logits(run_dir / "final", ids), atol=1e-3)
 
 
-def test_fsdp2_sharded_checkpoint(tmp_path, run_cli):
-    """The layout accelerate writes for FSDP2 with SHARDED_STATE_DICT: torch.distributed.checkpoint
-    files under pytorch_model_fsdp_0/ holding {"model": state_dict}."""
+def test_dcp_folder_is_refused_and_its_torch_save_conversion_consolidates(tmp_path, run_cli):
+    """Accelerate's FSDP layout (torch.distributed.checkpoint under pytorch_model_fsdp_0/) keeps its
+    metadata in a pickle, so it is refused with the conversion command; the converted file
+    (what dcp_to_torch_save writes: {"model": state_dict}) is read with weights_only."""
     import torch.distributed.checkpoint as dcp
 
     torch.manual_seed(0)
@@ -75,14 +76,41 @@ def test_fsdp2_sharded_checkpoint(tmp_path, run_cli):
              no_dist=True)
     (step / "trainer_state.json").write_text(json.dumps({"step": 10}))
     model.save_pretrained(tmp_path / "cfg")
-    code, out, err, result = run_cli(["consolidate", tmp_path / "run", tmp_path / "out", "--config",
-                                      tmp_path / "cfg" / "config.json", "--tokenizer", "gpt2-bpe"])
+    argv = ["consolidate", tmp_path / "run", tmp_path / "out", "--config", tmp_path / "cfg" / "config.json",
+            "--tokenizer", "gpt2-bpe"]
+    code, _, err, _ = run_cli(argv)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "dcp_to_torch" in errors[0] and "pickle" in errors[0]
+    torch.save({"model": model.state_dict()}, step / "pytorch_model.bin")
+    import shutil
+
+    shutil.rmtree(step / "pytorch_model_fsdp_0")
+    code, out, err, result = run_cli(argv)
     assert code == 0, err
-    assert result["format"] == "fsdp"
+    assert result["format"] == "plain"
     ids = torch.tensor([[7, 8, 9]])
     with torch.no_grad():
         torch.testing.assert_close(_logits(tmp_path / "out", ids), model(ids).logits)
     assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_or_refused_in_one_line(trained_run, tmp_path, run_cli):
+    import shutil
+
+    run_dir, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir / "checkpoints", copy / "checkpoints")
+    weights = copy / "checkpoints" / "step-00000003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    config = run_dir / "final"
+    code, _, err, result = run_cli(["consolidate", copy, tmp_path / "out", "--config", config])
+    assert code == 0, err
+    assert Path(result["checkpoint"]).name == "step-00000002"  # the newest that verifies
+    code, _, err, _ = run_cli(["consolidate", copy / "checkpoints" / "step-00000003", tmp_path / "out3",
+                               "--config", config])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "model.safetensors has 1000 bytes" in errors[0]
+    assert not (tmp_path / "out3").exists()
 
 
 def test_config_of_another_model_is_refused(trained_run, tmp_path, run_cli):

@@ -152,3 +152,33 @@ def test_cli_runs_as_a_script(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: checkpoint") and "does not exist" in proc.stderr
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled"])
+@pytest.mark.parametrize("command", ["from-turing", "to-turing"])
+def test_damaged_or_hostile_weights_are_one_line_exit_2(damage, command, nlg_dir, gpt2_dir, tmp_path, run_cli):
+    """A truncated model.safetensors, or a folder holding only a pytorch_model.bin with a code payload."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(nlg_dir if command == "from-turing" else gpt2_dir, source)
+    weights = source / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    else:
+        weights.unlink()
+        torch.save({"payload": _Payload(tmp_path / "ran")}, source / "pytorch_model.bin")
+    code, out, err, _ = run_cli([command, source, tmp_path / "out"])
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert ("damaged or truncated" if damage == "truncated" else "never unpickled") in lines[0]
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()

@@ -1,9 +1,9 @@
-"""Fixtures for the TuringNLG tests (helpers live in nlg_helpers.py)."""
+"""Fixtures for the TuringNLG tests (the models come from tests/factories.py)."""
 
 from __future__ import annotations
 
 import pytest
-from nlg_helpers import GPT2_SHAPES, build_tokenizer, save_gpt2, tiny_model
+from factories import GPT2_SHAPES, build_tokenizer, nlg_model, save_gpt2
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def tokenizer():
 def nlg_folder(tmp_path_factory, tokenizer):
     """A saved tiny TuringNLG checkpoint with a tokenizer beside it."""
     folder = tmp_path_factory.mktemp("nlg-tiny")
-    model = tiny_model(vocab_size=len(tokenizer), real_vocab_size=len(tokenizer),
+    model = nlg_model(vocab_size=len(tokenizer), real_vocab_size=len(tokenizer),
                        pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

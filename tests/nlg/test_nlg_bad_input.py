@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from nlg_helpers import load_script, save_gpt2
+from factories import load_script, save_gpt2
 
 from turing_models.errors import UsageError
 from turing_models.nlg import TuringNLG
@@ -69,6 +69,27 @@ def test_missing_weight_files(nlg_copy, capsys):
     with pytest.raises(UsageError, match="no weight files"):
         TuringNLG.from_pretrained(nlg_copy)
     assert "no weight files" in _run_recipe(capsys, str(nlg_copy), "hi")
+
+
+def test_truncated_weights_are_one_line(nlg_copy, capsys):
+    weights = nlg_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UsageError, match="damaged or truncated"):
+        TuringNLG.from_pretrained(nlg_copy)
+    assert "damaged or truncated" in _run_recipe(capsys, str(nlg_copy), "hi")
+
+
+def test_pickled_weights_are_refused_and_never_run(nlg_copy, tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    os.remove(nlg_copy / "model.safetensors")
+    import torch
+
+    torch.save({"payload": Payload()}, nlg_copy / "pytorch_model.bin")
+    assert "never unpickled" in _run_recipe(capsys, str(nlg_copy), "hi")
+    assert not (tmp_path / "ran").exists()
 
 
 def test_missing_folder_and_config(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nlg_helpers import load_script
+from factories import load_script
 
 
 def test_benchmark_generate_smoke(capsys):

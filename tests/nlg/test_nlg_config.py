@@ -14,9 +14,8 @@ from turing_models.nlg import NLG_SCALES, TuringNLG, TuringNLGConfig, nlg_num_pa
 @pytest.mark.parametrize("name", list(NLG_SCALES))
 def test_param_count_formula_matches_every_scale(name):
     config = TuringNLGConfig.from_name(name)
-    layers, hidden, heads, context = NLG_SCALES[name]
-    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
-            config.max_position_embeddings) == (layers, hidden, heads, context)
+    for field, value in NLG_SCALES[name].items():
+        assert getattr(config, field) == value, field
     assert config.vocab_size % 128 == 0 and config.real_vocab_size == 50257
     with torch.device("meta"):
         model = TuringNLG(config)
@@ -56,7 +55,8 @@ def test_17b_meta_build_is_fast_and_allocates_nothing():
     "kwargs, words",
     [
         (dict(hidden_size=100, num_attention_heads=3), ["hidden_size", "100", "num_attention_heads=3"]),
-        (dict(activation="swish"), ["activation", "swish", "gelu", "gelu_tanh"]),
+        (dict(hidden_act="swish"), ["hidden_act", "swish", "gelu", "gelu_tanh"]),
+        (dict(activation="swish"), ["hidden_act", "swish", "gelu", "gelu_tanh"]),  # the alias
         (dict(vocab_size=100, real_vocab_size=200), ["real_vocab_size", "200", "vocab_size=100"]),
         (dict(hidden_dropout=1.5), ["hidden_dropout", "1.5"]),
         (dict(num_hidden_layers=0), ["num_hidden_layers", "0", "positive"]),
@@ -77,7 +77,7 @@ def test_unknown_scale_lists_the_names():
 
 def test_from_name_overrides_and_json_round_trip(tmp_path):
     config = TuringNLGConfig.from_name("tiny", activation="gelu_tanh")
-    assert config.activation == "gelu_tanh" and config.intermediate_size == 4 * 256
+    assert config.hidden_act == config.activation == "gelu_tanh" and config.intermediate_size == 4 * 256
     config.save_pretrained(tmp_path)
     again = TuringNLGConfig.from_pretrained(tmp_path)
     assert again.to_dict() == config.to_dict()

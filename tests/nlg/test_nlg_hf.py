@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from nlg_helpers import read_json, tiny_model
+from factories import nlg_model, read_json
 
 import turing_models
 from turing_models.nlg import TuringNLG, TuringNLGConfig, TuringNLGForCausalLM, TuringNLGModel
@@ -17,7 +17,7 @@ def test_public_names():
 def test_auto_classes(tmp_path):
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-    model = tiny_model()
+    model = nlg_model()
     model.save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), TuringNLGConfig)
     assert type(AutoModelForCausalLM.from_pretrained(tmp_path)) is TuringNLGForCausalLM
@@ -28,7 +28,7 @@ def test_auto_classes(tmp_path):
 
 
 def test_save_load_round_trip_is_exact(tmp_path):
-    model = tiny_model()
+    model = nlg_model()
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert "model.safetensors" in files and "config.json" in files
@@ -46,7 +46,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 
 def test_sharded_above_max_shard_size(tmp_path):
-    model = tiny_model()
+    model = nlg_model()
     model.save_pretrained(tmp_path, max_shard_size="100KB")
     index = read_json(tmp_path / "model.safetensors.index.json")
     assert len(set(index["weight_map"].values())) > 1
@@ -56,7 +56,7 @@ def test_sharded_above_max_shard_size(tmp_path):
 
 
 def test_device_map_and_low_memory_loading(tmp_path):
-    model = tiny_model()
+    model = nlg_model()
     model.save_pretrained(tmp_path)
     loaded = TuringNLG.from_pretrained(tmp_path, device_map="cpu", dtype=torch.float32)
     assert loaded.device.type == "cpu"

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from nlg_helpers import tiny_config, tiny_model
+from factories import nlg_config, nlg_model
 
 from turing_models.nlg import TuringNLG
 
@@ -28,7 +28,7 @@ def _left_pad(rows, pad=0):
 
 
 def test_init_follows_gpt2_megatron():
-    config = tiny_config(num_hidden_layers=8, hidden_size=256, initializer_range=0.02)
+    config = nlg_config(num_hidden_layers=8, hidden_size=256, initializer_range=0.02)
     torch.manual_seed(0)
     model = TuringNLG(config)
     block = model.model.layers[0]
@@ -43,8 +43,8 @@ def test_eager_and_sdpa_agree_and_attn_implementation_switches():
     ids = _ids()
     mask = torch.ones_like(ids)
     mask[0, :5] = 0
-    eager = tiny_model(attn_implementation="eager")
-    sdpa = tiny_model(attn_implementation="sdpa")
+    eager = nlg_model(attn_implementation="eager")
+    sdpa = nlg_model(attn_implementation="sdpa")
     assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
     with torch.no_grad():
         a = eager(ids, attention_mask=mask).logits
@@ -56,11 +56,11 @@ def test_eager_and_sdpa_agree_and_attn_implementation_switches():
         sdpa.set_attn_implementation("flash_attention_2")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         with pytest.raises(ValueError, match="turing.*CUDA"):
-            tiny_model(attn_implementation="turing")
+            nlg_model(attn_implementation="turing")
 
 
 def test_default_attention_is_sdpa_without_cuda():
-    model = tiny_model()
+    model = nlg_model()
     expected = "turing" if torch.cuda.is_available() else "sdpa"
     if torch.cuda.is_available():
         pytest.importorskip("triton")
@@ -68,7 +68,7 @@ def test_default_attention_is_sdpa_without_cuda():
 
 
 def test_padded_vocab_is_never_predicted_and_loss_ignores_it():
-    model = tiny_model()  # 384 rows, 300 real
+    model = nlg_model()  # 384 rows, 300 real
     with torch.no_grad():
         model.lm_head.weight[300:] = 50.0  # padded rows would win every argmax if they were scored
     ids = _ids()
@@ -81,7 +81,7 @@ def test_padded_vocab_is_never_predicted_and_loss_ignores_it():
 
 
 def test_labels_shift_labels_ignore_index_and_num_items():
-    model = tiny_model()
+    model = nlg_model()
     ids = _ids()
     labels = ids.clone()
     labels[0, :4] = -100
@@ -92,13 +92,13 @@ def test_labels_shift_labels_ignore_index_and_num_items():
     n = int((labels[:, 1:] != -100).sum())
     summed = model(ids, labels=labels, num_items_in_batch=n).loss
     assert torch.allclose(summed, loss, atol=1e-5)
-    fused = tiny_model(fused_cross_entropy=True)
+    fused = nlg_model(fused_cross_entropy=True)
     out = fused(ids, labels=labels)
     assert out.logits is None and torch.allclose(out.loss, loss, atol=1e-5)
 
 
 def test_kv_cache_matches_full_forward():
-    model = tiny_model()
+    model = nlg_model()
     ids = _ids(batch=2, length=10)
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
@@ -108,7 +108,7 @@ def test_kv_cache_matches_full_forward():
 
 
 def test_left_padded_batch_generates_what_each_row_generates_alone():
-    model = tiny_model()
+    model = nlg_model()
     rows = [[5, 17, 99, 3, 250, 41, 7, 8, 9], [11, 12], [200, 201, 202, 203, 204]]
     ids, mask = _left_pad(rows)
     batch = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -122,7 +122,7 @@ def test_left_padded_batch_generates_what_each_row_generates_alone():
 
 
 def test_sampling_is_seeded_and_respects_top_k():
-    model = tiny_model()
+    model = nlg_model()
     ids = _ids(batch=2, length=5)
     kw = dict(max_new_tokens=6, do_sample=True, temperature=0.7, top_k=3, top_p=0.9, pad_token_id=0)
     torch.manual_seed(3)
@@ -141,7 +141,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     ids = _ids(batch=2, length=16)
 
     def grads(checkpointing):
-        model = tiny_model(hidden_dropout=0.0, attention_dropout=0.0).train()
+        model = nlg_model(hidden_dropout=0.0, attention_dropout=0.0).train()
         if checkpointing:
             model.gradient_checkpointing_enable()
             assert model.is_gradient_checkpointing
@@ -157,13 +157,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_context_overflow_is_a_clear_error():
-    model = tiny_model()
+    model = nlg_model()
     with pytest.raises(ValueError, match="exceeds the context length max_position_embeddings=64"):
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
 def test_output_hidden_states_and_tuple_output():
-    model = tiny_model()
+    model = nlg_model()
     ids = _ids(batch=1, length=4)
     out = model(ids, output_hidden_states=True)
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
@@ -173,13 +173,13 @@ def test_output_hidden_states_and_tuple_output():
 
 def test_turing_attention_backend_matches_eager():
     """Runs where the Triton kernels can: CUDA, or the CPU interpreter (the suite sets TRITON_INTERPRET=1)."""
-    from turing_models.layers.attention import fused_kernels_usable, turing_kernels_available
+    from turing_models.layers.attention import kernels_usable
 
-    if not (turing_kernels_available() or fused_kernels_usable()):
+    if not kernels_usable():
         pytest.skip("needs Triton on CUDA, or TRITON_INTERPRET=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ref = tiny_model(attn_implementation="eager", num_hidden_layers=1).to(device)
-    ours = tiny_model(attn_implementation="turing", num_hidden_layers=1).to(device)
+    ref = nlg_model(attn_implementation="eager", num_hidden_layers=1).to(device)
+    ours = nlg_model(attn_implementation="turing", num_hidden_layers=1).to(device)
     assert ours.config._attn_implementation == "turing"
     ids = _ids(batch=2, length=9).to(device)
     mask = torch.ones_like(ids)
@@ -194,7 +194,7 @@ def test_turing_attention_backend_matches_eager():
 
 
 def test_resize_token_embeddings_keeps_padding_consistent():
-    model = tiny_model()
+    model = nlg_model()
     model.resize_token_embeddings(310, pad_to_multiple_of=64)
     assert model.config.vocab_size == 320 and model.config.real_vocab_size == 310
     assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nlu_helpers import make_hf
+from factories import make_hf
 
 
 @pytest.fixture

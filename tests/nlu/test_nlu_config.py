@@ -41,7 +41,8 @@ def test_named_scales_have_the_published_shapes():
         ("norm_position", "sandwich", "norm_position='sandwich'"),
         ("hidden_size", 100, "divisible by num_attention_heads"),
         ("num_hidden_layers", 0, "num_hidden_layers=0"),
-        ("hidden_dropout_prob", 1.5, "hidden_dropout_prob=1.5"),
+        ("hidden_dropout", 1.5, "hidden_dropout=1.5"),
+        ("hidden_dropout_prob", 1.5, "hidden_dropout=1.5"),  # BERT's spelling is an alias
         ("position_offset", 600, "position_offset=600"),
         ("classifier_head", "mean", "classifier_head='mean'"),
         ("pretraining_objective", "nsp", "pretraining_objective='nsp'"),

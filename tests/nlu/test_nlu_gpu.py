@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from turing_models.layers import turing_kernels_available
+from turing_models.layers import kernels_usable
 from turing_models.nlu import TuringNLUConfig, TuringNLUForMaskedLM
 
 pytestmark = pytest.mark.gpu
@@ -13,10 +13,10 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("attn", ["sdpa", "turing"])
 def test_unpadded_equals_padded_on_cuda(attn):
-    if attn == "turing" and not turing_kernels_available():
+    if attn == "turing" and not kernels_usable():
         pytest.skip("needs Triton")
     config = TuringNLUConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                             intermediate_size=128, hidden_dropout=0.0, attention_dropout=0.0)
     config._attn_implementation = attn
     model = TuringNLUForMaskedLM(config).cuda().train()
     ids = torch.randint(5, 128, (4, 40), device="cuda")

@@ -13,7 +13,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, pipeline
 
-from turing_models.convert import bert as convert_bert
+from turing_models.errors import UsageError
 from turing_models.nlu import (
     TuringNLUConfig,
     TuringNLUForMaskedLM,
@@ -21,8 +21,9 @@ from turing_models.nlu import (
     TuringNLUForTokenClassification,
     TuringNLUModel,
 )
+from turing_models.nlu.adapter_bert import export_to_hf
 
-from nlu_helpers import make_batch, make_hf
+from factories import make_batch, make_hf
 
 WORDPIECE = Path(__import__("turing_models").__file__).parent / "data" / "builtin_tokenizers" / "bert-wordpiece"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +95,7 @@ def test_hub_id_loads_from_an_offline_cache(tmp_path, monkeypatch):
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits[mask.bool()],
                                    hf_model(input_ids=ids, attention_mask=mask).logits[mask.bool()],
                                    atol=1e-5, rtol=1e-5)
-    with pytest.raises(OSError):
+    with pytest.raises(UsageError, match="no config.json"):
         TuringNLUForMaskedLM.from_pretrained("turing-test/not-cached", cache_dir=tmp_path / "hub")
 
 
@@ -112,11 +113,11 @@ def test_pytorch_bin_with_legacy_layernorm_names(tmp_path):
                                    hf_model(input_ids=ids, attention_mask=mask).pooler_output, atol=1e-5, rtol=1e-5)
 
 
-def test_convert_cli_round_trip(hf_folder, tmp_path):
+def test_convert_round_trip_is_exact(hf_folder, tmp_path):
     hf_model, folder = hf_folder("roberta", "ForMaskedLM")
-    convert_bert.main(["to-turing", str(folder), str(tmp_path / "turing")])
+    TuringNLUForMaskedLM.from_pretrained(folder).save_pretrained(tmp_path / "turing")
     assert json.loads((tmp_path / "turing" / "config.json").read_text())["model_type"] == "turing_nlu"
-    convert_bert.main(["to-hf", str(tmp_path / "turing"), str(tmp_path / "back")])
+    export_to_hf(TuringNLUForMaskedLM.from_pretrained(tmp_path / "turing"), tmp_path / "back")
     back = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "back")
     assert type(back) is transformers.RobertaForMaskedLM
     for key, value in hf_model.state_dict().items():
@@ -144,11 +145,11 @@ def test_converted_shape_mismatch_names_tensor_and_shapes(hf_folder):
     config = json.loads((folder / "config.json").read_text())
     config["intermediate_size"] = 40  # the weights have 37
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UsageError) as err:
         TuringNLUModel.from_pretrained(folder)
     message = str(err.value)
-    assert re.search(r"'encoder\.layers\.0\.mlp\.fc_in\.(weight|bias)' has shape \(37(, 32)?,?\) but the model "
-                     r"expects \(40(, 32)?,?\)", message), message
+    assert re.search(r"'(bert\.)?encoder\.layer\.0\.intermediate\.dense\.(weight|bias)' has shape \[37(, 32)?\] but "
+                     r"its config needs \[40(, 32)?\]", message), message
 
 
 def test_native_shape_mismatch_names_tensor_and_shapes(tmp_path):
@@ -157,7 +158,7 @@ def test_native_shape_mismatch_names_tensor_and_shapes(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["vocab_size"] = 60
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"embeddings.word_embeddings.weight.*\(50, 16\).*\(60, 16\)"):
+    with pytest.raises(UsageError, match=r"embeddings.word_embeddings.weight.*\[50, 16\].*\[60, 16\]"):
         TuringNLUModel.from_pretrained(tmp_path)
 
 
@@ -193,15 +194,29 @@ def test_out_of_range_ids_and_token_types():
 
 
 def test_cli_bad_input_is_one_line_exit_2(tmp_path):
-    transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10).save_pretrained(tmp_path / "gpt2")
+    transformers.T5Config(num_layers=1, d_model=8, num_heads=2, vocab_size=10).save_pretrained(tmp_path / "t5")
     proc = subprocess.run(
-        [sys.executable, "-m", "turing_models.convert.bert", "to-turing", str(tmp_path / "gpt2"), str(tmp_path / "out")],
+        [sys.executable, "recipes/convert.py", "to-turing", str(tmp_path / "t5"), str(tmp_path / "out")],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "gpt2" in lines[0] and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "t5" in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_adapter_errors_are_usage_errors(hf_folder, tmp_path):
+    transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UsageError, match="'gpt2' checkpoint.*TuringNLGForCausalLM"):
+        TuringNLUModel.from_pretrained(tmp_path / "gpt2")
+    _, folder = hf_folder("bert", "Model")
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_act"] = "swish"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="hidden_act='swish'"):
+        TuringNLUModel.from_pretrained(folder)
+    with pytest.raises(UsageError, match="no config.json"):
+        TuringNLUModel.from_pretrained(tmp_path)
 
 
 def test_xlmr_style_sentencepiece_tokenizer_beside_the_model(tmp_path):

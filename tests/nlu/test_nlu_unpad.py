@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from turing_models.nlu import PackedBatch, TuringNLUConfig, TuringNLUForMaskedLM, TuringNLUModel
+from factories import nlu_config
+
+from turing_models.nlu import PackedBatch, TuringNLUForMaskedLM, TuringNLUModel
 
 
 def _config(**kw):
-    base = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    base.update(kw)
-    return TuringNLUConfig(**base)
+    return nlu_config(**{"vocab_size": 101, "max_position_embeddings": 40, **kw})
 
 
 def _batch(pad_id=0):

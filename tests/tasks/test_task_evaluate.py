@@ -47,7 +47,7 @@ def _reference_nll(model, ids: torch.Tensor, max_length: int, stride: int) -> tu
 
 @pytest.mark.parametrize("max_length, stride", [(32, 32), (32, 8), (16, 5), (32, 31)])
 def test_sliding_window_matches_the_reference(decoder_folder, max_length, stride):
-    from turing_models.tasks.evaluate import sliding_window_perplexity
+    from turing_models.tasks.perplexity import sliding_window_perplexity
 
     _, model, _ = decoder_folder
     g = torch.Generator().manual_seed(1)
@@ -63,7 +63,7 @@ def test_sliding_window_matches_the_reference(decoder_folder, max_length, stride
 
 
 def test_one_window_is_the_plain_loss(decoder_folder):
-    from turing_models.tasks.evaluate import sliding_window_perplexity
+    from turing_models.tasks.perplexity import sliding_window_perplexity
 
     _, model, _ = decoder_folder
     ids = torch.randint(0, model.config.real_vocab_size, (20,))

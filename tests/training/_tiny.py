@@ -1,30 +1,18 @@
-"""Tiny TuringNLG models and token folders shared by the trainer tests (fast on 2 CPU cores)."""
+"""Token folders and recipe loading for the trainer tests; the tiny models are tests/factories.py's."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-VOCAB = 512
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, also for torchrun workers
+from factories import TRAINER_VOCAB as VOCAB  # noqa: E402
+from factories import trainer_nlg_config as tiny_config  # noqa: E402,F401
+from factories import trainer_nlg_model as tiny_model  # noqa: E402,F401
+
 SEQ = 16
-
-
-def tiny_config(**overrides):
-    from turing_models.nlg import TuringNLGConfig
-
-    values = dict(vocab_size=VOCAB, real_vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)
-    values.update(overrides)
-    return TuringNLGConfig.from_name("tiny", **values)
-
-
-def tiny_model(seed: int = 0, **overrides):
-    from turing_models.nlg import TuringNLGForCausalLM
-
-    torch.manual_seed(seed)
-    return TuringNLGForCausalLM(tiny_config(**overrides))
 
 
 def token_folder(path: Path, n_train_docs: int = 40, n_val_docs: int = 6, seed: int = 0) -> Path:

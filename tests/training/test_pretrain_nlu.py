@@ -45,3 +45,24 @@ def test_short_pretraining_exports_encoder(objective, tmp_path):
     assert written["model"]["objective"] == objective and written["data"]["corpus"] == str(corpus)
     card = hub.model_card(run_dir / "final")
     assert f"corpus `{corpus}`" in card and f"objective: {objective}" in card
+
+
+def test_both_families_take_attn_implementation():
+    """One run_pretrain serves both families: the same model section, attention choice included."""
+    from turing_models.training.config import parse_config
+    from turing_models.training.pretrain import FAMILIES
+
+    for family in ("nlg", "nlu"):
+        spec = FAMILIES[family]
+        cfg = parse_config(spec.config_cls, ["--config", "tiny", "--model.attn_implementation", "eager"], family=family)
+        assert spec.model_config(cfg)._attn_implementation == "eager"
+
+
+def test_collator_lives_in_the_data_package():
+    recipe = load_recipe("pretrain_nlu")
+    assert not hasattr(recipe, "PackedMLMCollator")
+    from turing_models.data import PackedMLMCollator, load_tokenizer
+    from turing_models.training.pretrain import FAMILIES, PretrainNLUConfig
+
+    collator = FAMILIES["nlu"].collator(PretrainNLUConfig(), load_tokenizer("bert-wordpiece"), 0)
+    assert isinstance(collator, PackedMLMCollator)

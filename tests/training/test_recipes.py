@@ -46,7 +46,10 @@ def usage_error(argv, capsys, recipe="pretrain_nlg"):
 
 @pytest.mark.parametrize("extra,message", [
     (["--train.lrr", "1"], "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
-    (["--train.max_steps", "ten"], "bad value for 'train.max_steps'"),
+    (["--train.max_steps", "ten"], '"train.max_steps": Expected a <class \'int\'>. Got value: ten; see pretrain_nlg.py --help'),
+    (["--train.save_every_steps", "-1"], "train.save_every_steps must be >= 0 (0 means never), got -1"),
+    (["--train.eval_every", "-5"], "train.eval_every must be >= 0 (0 means never), got -5"),
+    (["--dry-run", "--data.val_shards", "/nonexistent"], None),
     (["--train.global_batch_size", "6", "--train.micro_batch_size", "4"],
      "train.global_batch_size=6 is not a multiple of train.micro_batch_size=4 x world size 1 = 4"),
     (["--model.overrides", "{hiden_size: 8}"], "'model.overrides.hiden_size'; did you mean 'model.overrides.hidden_size'?"),
@@ -54,6 +57,9 @@ def usage_error(argv, capsys, recipe="pretrain_nlg"):
     (["--data.seq_len", "4096"], "exceeds the model's context"),
 ])
 def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, corpus, capsys):
+    if message is None:  # a dry run does not read data
+        load_recipe("pretrain_nlg").main(args(tmp_path, corpus, *extra))
+        return
     line = usage_error(args(tmp_path, corpus, *extra), capsys)
     assert message in line
 
@@ -70,7 +76,7 @@ def test_short_run_exports_and_refuses_other_model(tmp_path, corpus, capsys):
                                                     "--generate.max_new_tokens", "5"))
     out = capsys.readouterr().out
     assert summary["status"] == "completed" and summary["step"] == 4
-    assert "unigram baseline perplexity" in out and "--- sample (prompt 'ROMEO:') ---" in out
+    assert "unigram baseline perplexity" in out and "--- sample (prompt 'ROMEO:'" in out
     final = Path(summary["final"])
     assert AutoModelForCausalLM.from_pretrained(final).config.hidden_size == 32
     assert AutoTokenizer.from_pretrained(final).eos_token == "<|endoftext|>"
@@ -133,3 +139,94 @@ def test_kill_9_then_resume_auto(tmp_path, corpus):
     state = json.loads((ckpts / f"step-{last + 2:08d}" / "trainer_state.json").read_text())
     assert state["step"] == last + 2 and len(state["losses"]) == last + 2
     assert not list(ckpts.glob(".tmp-*")), "partial folders are cleared by the next save"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("- model\n- train\n", "holds a list, not a mapping of settings; write one 'section:' per line"),
+    ("train:\n  lr: [1\n", "is not valid YAML"),
+])
+def test_bad_yaml_is_one_line_naming_the_file(text, message, tmp_path, capsys):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    line = usage_error(["--config", str(path)], capsys)
+    assert f"config {path} " in line and message in line
+
+
+def test_validation_on_a_separate_token_folder(tmp_path, corpus, capsys):
+    """--data.val_shards: the same run validates on another folder (here: other text), and a
+    folder from another tokenizer is refused."""
+    from turing_models.data import tokenize_corpus
+    from turing_models.training.pretrain import DataSection, validation_tokens
+
+    other = tmp_path / "other.txt"
+    other.write_text("\n\n".join(f"Zebras {i} quietly juggle hexagonal xylophones near Quebec." for i in range(40)))
+    held_out = tokenize_corpus(other, tmp_path / "held-out", tokenizer="gpt2-bpe", val_fraction=0.0, progress=False)
+    wordpiece = tokenize_corpus(other, tmp_path / "wp", tokenizer="bert-wordpiece", progress=False)
+    train_tokens = tokenize_corpus(corpus, tmp_path / "train-tokens", tokenizer="gpt2-bpe", progress=False)
+    assert validation_tokens(DataSection(), train_tokens) == (train_tokens, "val")
+    assert validation_tokens(DataSection(val_shards=str(held_out)), train_tokens) == (held_out, "train")
+    with pytest.raises(Exception, match="was tokenized with another tokenizer"):
+        validation_tokens(DataSection(val_shards=str(wordpiece)), train_tokens)
+
+    recipe = load_recipe("pretrain_nlg")
+    base = args(tmp_path, corpus, "--data.shards", str(train_tokens), "--train.max_steps", "2")
+    same = recipe.main([*base, "--train.run_name", "a"])
+    held = recipe.main([*base, "--train.run_name", "b", "--data.val_shards", str(held_out)])
+    assert held["eval_loss"] != pytest.approx(same["eval_loss"], rel=1e-3)
+    capsys.readouterr()
+    assert "was tokenized with another tokenizer" in usage_error(
+        [*base, "--train.run_name", "c", "--data.val_shards", str(wordpiece)], capsys)
+
+
+def test_download_while_offline_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TURING_CHECKPOINTS", str(tmp_path / "store"))
+    line = usage_error(["download", "some-org/some-model"], capsys, recipe="convert")
+    assert "cannot download some-org/some-model" in line
+    assert not (tmp_path / "store").exists()
+    (tmp_path / "store" / "some-org").mkdir(parents=True)  # folders that were there before stay
+    usage_error(["download", "some-org/some-model"], capsys, recipe="convert")
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["some-org"]
+    assert not list((tmp_path / "store" / "some-org").iterdir())
+
+
+@pytest.mark.parametrize("recipe,argv", [
+    ("pretrain_nlg", ["--help"]), ("pretrain_nlu", ["--help"]), ("prepare_data", ["tokenize", "--help"]),
+    ("convert", ["push", "--help"]), ("generate", ["--help"]),
+])
+def test_every_recipe_help_comes_from_jsonargparse_with_bare_flags(recipe, argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_recipe(recipe).main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: " in out and "[{true,false}]" in out  # jsonargparse's boolean options, value optional
+
+
+def test_no_recipe_edits_sys_path_or_uses_argparse():
+    for path in RECIPES.glob("*.py"):
+        text = path.read_text()
+        assert "sys.path" not in text, path
+        assert "import argparse" not in text and "ArgumentParser(" not in text, path
+
+
+def test_cli_main_maps_usage_errors_and_faults_and_keeps_bugs(capsys):
+    from turing_models.errors import RuntimeFault, UsageError, cli_main
+
+    class DiskFull(RuntimeFault):
+        exit_status = 74
+
+    def fails(exc):
+        @cli_main
+        def main():
+            raise exc
+        return main
+
+    for exc, status in ((UsageError("bad value;\n fix it"), 2), (DiskFull("no space left"), 74)):
+        with pytest.raises(SystemExit) as info:
+            fails(exc)()
+        assert info.value.code == status
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    for bug in (KeyError("x"), RuntimeError("boom"), TypeError("wrong")):  # bugs keep their traceback
+        with pytest.raises(type(bug)):
+            fails(bug)()

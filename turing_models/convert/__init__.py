@@ -1,17 +1,5 @@
-"""State-dict adapters between public checkpoint formats and the Turing classes."""
+"""Format conversions outside the model families: ONNX export and training-checkpoint consolidation.
 
-from .gpt2 import (
-    export_gpt2,
-    gpt2_config_to_nlg,
-    gpt2_to_nlg_state_dict,
-    nlg_config_to_gpt2,
-    nlg_to_gpt2_state_dict,
-)
-
-__all__ = [
-    "export_gpt2",
-    "gpt2_config_to_nlg",
-    "gpt2_to_nlg_state_dict",
-    "nlg_config_to_gpt2",
-    "nlg_to_gpt2_state_dict",
-]
+The Hugging Face key maps live beside their families: ``turing_models.nlg.adapter_gpt2``
+(GPT-2 <-> TuringNLG) and ``turing_models.nlu.adapter_bert`` (BERT / RoBERTa / XLM-R <-> TuringNLU).
+"""

@@ -1,20 +1,22 @@
-"""A training checkpoint (plain, FSDP2 sharded or DeepSpeed ZeRO) -> one ``save_pretrained`` folder.
-
-The trainer writes checkpoints with ``Accelerator.save_state`` (see
-:mod:`turing_models.training.checkpoint`); what the model weights look like depends on the engine:
+"""A training checkpoint -> one ``save_pretrained`` folder, without unpickling anything.
 
 =====================  =========================================================================
-engine                 model weights in ``checkpoints/step-XXXXXXXX/``
+layout                 model weights in ``checkpoints/step-XXXXXXXX/``
 =====================  =========================================================================
-none / DDP             ``model.safetensors`` (a full copy)
-FSDP2                  ``pytorch_model_fsdp_0/`` (torch.distributed.checkpoint shards, one per rank)
-DeepSpeed ZeRO 1-3     ``pytorch_model/`` (``*_model_states.pt`` + per-rank ``*_optim_states.pt``
-                       holding the fp32 master weights) and a ``latest`` file
+the trainer's own      ``model.safetensors``: the full model, whatever engine trained it (plain,
+                       DDP, FSDP2, ZeRO-1/2/3); the folder's ``manifest.json`` is verified first
+DeepSpeed's own        ``<tag>/*_model_states.pt`` + per-rank ``*_optim_states.pt`` (fp32 master
+(``engine.save_checkpoint``)  weight partitions) and a ``latest`` file: read with
+                       :func:`~turing_models.io.safe_torch_load`, admitting only DeepSpeed's ``LossScaler``
+                       / ``DynamicLossScaler``, ``ZeroStageEnum`` and ``fragment_address``, then
+                       merged by DeepSpeed's own ``zero_to_fp32`` merge functions
+torch.distributed.checkpoint  ``pytorch_model_fsdp_0/`` (what Accelerate writes for FSDP): refused,
+                       because DCP's ``.metadata`` is a pickle; convert it in a trusted environment
+                       (``dcp_to_torch_save``) to ``pytorch_model.bin``, which is read safely
 =====================  =========================================================================
 
-:func:`consolidate` gathers them with the engines' own tools (accelerate's ``merge_fsdp_weights``,
-DeepSpeed's ``zero_to_fp32``), checks every tensor against the model config, and writes a folder
-that ``from_pretrained`` loads (safetensors, + tokenizer), under a temporary name renamed when
+:func:`consolidate` checks every tensor against the model config and writes a folder that
+``from_pretrained`` loads (safetensors, + tokenizer), under a temporary name renamed when
 complete. The trainer's ``save_final`` does the same at the end of a run from the live model; this
 is for checkpoints taken during a run, or a run that never finished. No GPU and no process group
 are needed.
@@ -22,16 +24,15 @@ are needed.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 
-from ..io import atomic_directory
 from ..errors import UsageError
+from ..io import (MANIFEST_FILE, atomic_directory, load_safetensors, newest_verified, numbered_dirs, read_json,
+                  safe_torch_load, verify_manifest)
 
 PathLike = Union[str, os.PathLike]
 FSDP_DIR = "pytorch_model_fsdp_0"
@@ -39,20 +40,24 @@ DEEPSPEED_DIR = "pytorch_model"
 
 
 def find_checkpoint(path: PathLike) -> Path:
-    """A step folder: ``path`` itself, or the newest complete ``step-*`` of a run folder (or of its
-    ``checkpoints/`` folder)."""
-    from ..training import checkpoint as ckpt
-
+    """A step folder: ``path`` itself, or the newest usable ``step-*`` of a run folder (or of its
+    ``checkpoints/`` folder): the newest whose manifest verifies, else (a checkpoint written by
+    DeepSpeed itself, with no manifest) the newest holding model weights."""
     path = Path(path)
     if not path.is_dir():
-        raise UsageError(f"checkpoint {path} does not exist; pass a checkpoints/runs/<run> folder or one of its step-* folders.")
+        raise UsageError(f"checkpoint {path} does not exist; pass a checkpoints/runs/<run> folder or one of its "
+                         "step-* folders.")
     if detect_format(path) is not None:
         return path
     for folder in (path / "checkpoints", path):
-        found = ckpt.list_checkpoints(folder, warn=False)
-        if found:
-            return found[-1]
-    raise UsageError(f"{path} holds no training checkpoint (no step-* folder with model weights); "
+        steps = numbered_dirs(folder, "step-")
+        verified, _ = newest_verified(steps)
+        if verified is not None:
+            return verified
+        foreign = [p for p in steps if not (p / MANIFEST_FILE).is_file() and detect_format(p)]
+        if foreign:
+            return foreign[-1]
+    raise UsageError(f"{path} holds no training checkpoint (no complete step-* folder with model weights); "
                      "pass a run folder written by the trainer or one of its step-* folders.")
 
 
@@ -73,28 +78,100 @@ def load_checkpoint_state_dict(step_dir: PathLike) -> dict[str, torch.Tensor]:
     step_dir = Path(step_dir)
     kind = detect_format(step_dir)
     if kind is None:
-        raise UsageError(f"{step_dir} has no model weights (model.safetensors, {FSDP_DIR}/ or {DEEPSPEED_DIR}/); "
+        raise UsageError(f"{step_dir} has no model weights (model.safetensors or DeepSpeed's {DEEPSPEED_DIR}/); "
                          "pass a step-* folder written by the trainer.")
+    if (step_dir / MANIFEST_FILE).is_file():
+        reason = verify_manifest(step_dir)
+        if reason is not None:
+            raise UsageError(f"checkpoint {step_dir} does not verify ({reason}); consolidate an earlier step-* folder.")
     if kind == "plain":
         if (step_dir / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            return load_file(str(step_dir / "model.safetensors"))
-        return torch.load(step_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            return load_safetensors(step_dir / "model.safetensors")
+        state = safe_torch_load(step_dir / "pytorch_model.bin")
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]  # dcp_to_torch_save of Accelerate's {"model": ...} layout
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise UsageError(f"{step_dir / 'pytorch_model.bin'} holds no model state dict (name -> tensor).")
+        return state
     if kind == "fsdp":
-        from accelerate.utils import merge_fsdp_weights
-        from safetensors.torch import load_file
+        raise UsageError(
+            f"{step_dir / FSDP_DIR} is a torch.distributed.checkpoint folder, whose .metadata is a pickle and is never "
+            "read here; in an environment you trust, convert it with "
+            "`python -m torch.distributed.checkpoint.format_utils "
+            f"dcp_to_torch {step_dir / FSDP_DIR} {step_dir / 'pytorch_model.bin'}` and consolidate again.")
+    return deepspeed_state_dict(step_dir)
 
-        with tempfile.TemporaryDirectory(prefix="turing-consolidate-") as tmp:
-            merge_fsdp_weights(str(step_dir / FSDP_DIR), tmp, safe_serialization=True)
-            return load_file(str(Path(tmp) / "model.safetensors"))
+
+def _deepspeed_safe_globals() -> list:
+    """The DeepSpeed classes its ZeRO checkpoints name: plain-data objects (an enum, a dataclass of
+    two ints, loss scalers' attribute dicts) that the restricted unpickler may rebuild."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def deepspeed_state_dict(step_dir: PathLike) -> dict[str, torch.Tensor]:
+    """The fp32 model of a checkpoint DeepSpeed wrote itself (``engine.save_checkpoint``), read with
+    :func:`~turing_models.io.safe_torch_load` and merged by DeepSpeed's ``zero_to_fp32`` functions
+    (never its loader, which unpickles)."""
+    step_dir = Path(step_dir)
     try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.checkpoint import constants as C
+        from deepspeed.utils import zero_to_fp32 as z
     except ImportError:
         raise UsageError(f"{step_dir} is a DeepSpeed checkpoint; install deepspeed to consolidate it.") from None
-    tag = None if (step_dir / "latest").is_file() else DEEPSPEED_DIR
-    state = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag=tag)
-    return {k: v.detach().clone() if not v.is_contiguous() else v for k, v in state.items()}
+    tag = DEEPSPEED_DIR
+    if (step_dir / "latest").is_file():
+        tag = (step_dir / "latest").read_text(errors="replace").strip()
+    ds_dir = (step_dir / tag)
+    if not tag or "/" in tag or "\\" in tag or tag in (".", "..") or not ds_dir.is_dir():
+        raise UsageError(f"{step_dir}/latest names {tag!r}, which is not a folder of this checkpoint; "
+                         "pass the step folder DeepSpeed wrote.")
+    model_files = sorted(ds_dir.glob("*_model_states.pt"), key=lambda p: z.natural_keys(p.name))
+    optim_files = sorted(ds_dir.glob("*_optim_states.pt"), key=lambda p: z.natural_keys(p.name))
+    if not model_files or not optim_files:
+        raise UsageError(f"{ds_dir} lacks DeepSpeed's *_model_states.pt / *_optim_states.pt files; "
+                         "the checkpoint is incomplete.")
+    allowed = _deepspeed_safe_globals()
+    damaged = f"{ds_dir} is not a complete DeepSpeed ZeRO checkpoint"
+    try:
+        model_states = []
+        for file in model_files:
+            sd = safe_torch_load(file, safe_globals=allowed)
+            buffers = {k: v.float() if v.is_floating_point() else v
+                       for k, v in sd["module"].items() if k in sd[C.BUFFER_NAMES]}
+            model_states.append(z.zero_model_state(
+                buffers=buffers, param_shapes=sd[C.PARAM_SHAPES],
+                shared_params=[[k, v] for k, v in sd["shared_params"].items()],
+                ds_version=sd.get(C.DS_VERSION), frozen_param_shapes=sd.get(C.FROZEN_PARAM_SHAPES),
+                frozen_param_fragments=sd.get(C.FROZEN_PARAM_FRAGMENTS)))
+        optim = []
+        for file in optim_files:
+            sd = safe_torch_load(file, safe_globals=allowed)[C.OPTIMIZER_STATE_DICT]
+            sd.pop(C.OPTIMIZER_STATE_DICT, None)
+            optim.append(sd)
+        stage = int(optim[0][C.ZERO_STAGE])
+        world = optim[0][C.PARTITION_COUNT]
+        world = max(world) if isinstance(world, list) else int(world)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"{damaged} (missing {exc}).") from None
+    if world != len(optim_files):
+        raise UsageError(f"{damaged}: it was written by {world} ranks but holds {len(optim_files)} optimizer files.")
+    if stage <= 2:
+        groups = [sd[C.SINGLE_PARTITION_OF_FP32_GROUPS] for sd in optim]
+        state = z._get_fp32_state_dict_from_zero2_checkpoint(world, groups, model_states, False,
+                                                              optim[0].get(C.PARAM_ALIGNMENT_PADDINGS))
+    elif stage == 3:
+        groups = [sd[C.FP32_FLAT_GROUPS] for sd in optim]
+        state = z._get_fp32_state_dict_from_zero3_checkpoint(world, groups, model_states, False)
+    else:
+        raise UsageError(f"{damaged} (unknown ZeRO stage {stage}).")
+    state = z.to_torch_tensor(state)
+    return {k: v.detach().clone() if not v.is_contiguous() else v.detach() for k, v in state.items()}
 
 
 def _find_config(step_dir: Path, config: Optional[PathLike]) -> Path:
@@ -215,9 +292,11 @@ def read_trainer_state(step_dir: PathLike) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError:
+        data = read_json(file)
+    except UsageError:
         return {}
+    return data if isinstance(data, dict) else {}
 
 
-__all__ = ["consolidate", "detect_format", "find_checkpoint", "load_checkpoint_state_dict", "read_trainer_state"]
+__all__ = ["consolidate", "deepspeed_state_dict", "detect_format", "find_checkpoint", "load_checkpoint_state_dict",
+           "read_trainer_state"]

@@ -30,12 +30,13 @@ _EXPORTS = {
     "PackedDataset": "packed",
     "collate_packed": "packed",
     "DataCollatorForMLM": "mlm",
+    "PackedMLMCollator": "mlm",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mlm import DataCollatorForMLM
+    from .mlm import DataCollatorForMLM, PackedMLMCollator
     from .packed import PackedDataset, collate_packed
     from .shards import load_split, read_manifest, token_dtype, tokenize_corpus, write_token_folder
     from .sources import resolve_inputs

@@ -142,3 +142,22 @@ class DataCollatorForMLM:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("generator") is not None and self.generator is not None:
             self.generator.set_state(state["generator"])
+
+
+class PackedMLMCollator:
+    """Masks windows of a :class:`~turing_models.data.PackedDataset` with a
+    :class:`DataCollatorForMLM` (the packed windows carry no padding). Its ``state_dict`` is the
+    masking RNG, which the trainer checkpoints with the data position so that a resumed run masks
+    exactly as an uninterrupted one."""
+
+    def __init__(self, mlm: DataCollatorForMLM):
+        self.mlm = mlm
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.mlm([{"input_ids": e["input_ids"]} for e in examples])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.mlm.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.mlm.load_state_dict(state)

@@ -16,6 +16,9 @@ complete; re-running with the same inputs, tokenizer and settings reuses it.
 The train/validation split is by document and deterministic: a document goes to ``val`` when a
 keyed hash of its text falls below ``val_fraction``. It does not depend on the number of
 processes or on the order of inputs, and exact duplicate documents always land in the same split.
+A separate validation input (``val_inputs`` files, or ``val_dataset_split`` of the dataset)
+replaces the hash split: then every document of the inputs is a train document and every
+document of the validation input a validation one.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import UsageError
-from ..io import atomic_directory, sha256_file, sha256_json, write_json_atomic
+from ..io import atomic_directory, clean_stale_temps, sha256_file, sha256_json, write_json_atomic
 from .sources import Source, dataset_source, iter_documents, resolve_inputs
 
 logger = logging.getLogger("turing_models.data")
@@ -45,6 +48,7 @@ INDEX_DTYPE = np.int64
 _BATCH_CHARS = 1 << 18  # text per task sent to a worker
 _BATCH_DOCS = 8192
 _SMALL_INPUT_BYTES = 2 << 20  # below this, tokenize in-process: forking costs more than it saves
+_ALL_VAL = 1 << 64  # the split threshold that sends every document to val (a validation input)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -90,7 +94,9 @@ def _encode(docs: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         flat.append(eos)
         lengths[i] = len(ids) + 1
     threshold, key = _W["threshold"], _W["key"]
-    if threshold:
+    if threshold >= _ALL_VAL:
+        is_val = np.ones(len(docs), dtype=bool)
+    elif threshold:
         is_val = np.fromiter(
             (int.from_bytes(hashlib.blake2b(d.encode("utf-8", "surrogatepass"), digest_size=8,
                                             key=key).digest(), "little") < threshold for d in docs),
@@ -201,6 +207,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a prepared folder; :class:`UsageError` when it is missing or incomplete."""
     path = Path(path)
     manifest_file = path / "manifest.json"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{str(path)!r} is a file, not a token folder; give the folder written by "
+                         "`prepare_data.py tokenize` (its --output)")
     if not path.is_dir():
         raise UsageError(f"token folder {str(path)!r} does not exist; run `prepare_data.py tokenize` first")
     if not manifest_file.is_file():
@@ -263,6 +272,8 @@ def tokenize_corpus(
     dataset_split: str = "train",
     streaming: bool = False,
     dataset_kwargs: dict[str, Any] | None = None,
+    val_inputs: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+    val_dataset_split: str | None = None,
     format: str = "auto",
     field: str = "text",
     text_split: str = "paragraph",
@@ -283,6 +294,9 @@ def tokenize_corpus(
         tokenizer: a built-in name (``"gpt2-bpe"``), folder, Hub id or a loaded fast tokenizer.
         dataset, dataset_config, dataset_split, streaming, dataset_kwargs: read a ``datasets``
             name (Hub or local folder) too, with ``load_dataset(..., streaming=streaming)``.
+        val_inputs, val_dataset_split: a separate validation input (files, folders and globs; or
+            another split of ``dataset``). It replaces the hash split: ``val_fraction`` is not
+            used, the inputs all go to ``train`` and these all go to ``val``.
         format: ``"auto"`` (by suffix), ``"text"``, ``"jsonl"`` or ``"parquet"``.
         field: the text field of JSONL / Parquet / dataset records.
         text_split: documents of text files: ``"paragraph"``, ``"line"`` or ``"file"``.
@@ -310,6 +324,16 @@ def tokenize_corpus(
                                       streaming=streaming, dataset_kwargs=dataset_kwargs))
     if not sources:
         raise UsageError("no inputs given; pass files, folders or globs, or a dataset name")
+    val_sources: list[Source] = []
+    if val_inputs is not None and (not isinstance(val_inputs, (list, tuple)) or len(val_inputs)):
+        val_sources += resolve_inputs(val_inputs, format=format, field=field, text_split=text_split)
+    if val_dataset_split:
+        if not dataset:
+            raise UsageError("val_dataset_split needs a dataset (--dataset NAME); for files use --val-input")
+        val_sources.append(dataset_source(dataset, config=dataset_config, split=val_dataset_split, field=field,
+                                          streaming=streaming, dataset_kwargs=dataset_kwargs))
+    if val_sources:
+        val_fraction = 0.0  # the validation input replaces the hash split
 
     from tqdm.auto import tqdm
 
@@ -326,12 +350,16 @@ def tokenize_corpus(
     tok_hash = tokenizer_fingerprint(tok, serialized)
     settings = {"format": format, "field": field, "text_split": text_split,
                 "val_fraction": val_fraction, "seed": seed, "eos_token_id": eos_id, "dtype": dtype.name}
+    if val_sources:
+        settings["val_inputs"] = len(val_sources)
+    all_sources = sources + val_sources
     if output_dir is None:
         stem = Path(sources[0].path.rstrip("/")).name.split(".")[0] or "corpus"
         tok_name = Path(str(getattr(tok, "name_or_path", "") or "tokenizer").rstrip("/")).name or "tokenizer"
-        where = sha256_json([settings, tok_hash, [(s.path, s.size, s.mtime_ns) for s in sources]])[:10]
+        where = sha256_json([settings, tok_hash, [(s.path, s.size, s.mtime_ns) for s in all_sources]])[:10]
         output_dir = Path(cache_dir) / f"{stem}-{tok_name}-{where}"
     output_dir = Path(output_dir)
+    clean_stale_temps(output_dir.parent)  # what a killed run left behind (its process is gone)
 
     if output_dir.exists():
         try:
@@ -341,7 +369,7 @@ def tokenize_corpus(
         # A dataset input counts as unchanged when its name, config and split are; files are
         # compared by size + mtime, then by sha256.
         if (old is not None and old.get("settings") == settings and old["tokenizer"]["sha256"] == tok_hash
-                and _files_consistent(output_dir, old) and _inputs_unchanged(old["inputs"], sources)):
+                and _files_consistent(output_dir, old) and _inputs_unchanged(old["inputs"], all_sources)):
             logger.info("reusing %s (same inputs, tokenizer and settings)", output_dir)
             return output_dir
         if not overwrite:
@@ -353,7 +381,7 @@ def tokenize_corpus(
 
     if num_proc is None:
         num_proc = min(8, os.cpu_count() or 1)
-    total_bytes = sum(s.size for s in sources if s.format != "dataset")
+    total_bytes = sum(s.size for s in all_sources if s.format != "dataset")
     if total_bytes and total_bytes < _SMALL_INPUT_BYTES and dataset is None:
         num_proc = 1
 
@@ -366,6 +394,9 @@ def tokenize_corpus(
                    disable=None if progress else True, dynamic_ncols=True)  # None: only on a terminal
         try:
             _run_pipeline(sources, tok.backend_tokenizer, init_args, num_proc, writers, bar, total_bytes)
+            if val_sources:
+                val_args = (*init_args[:3], _ALL_VAL, seed)
+                _run_pipeline(val_sources, tok.backend_tokenizer, val_args, num_proc, writers, bar, total_bytes)
         finally:
             _W.clear()
             bar.close()
@@ -377,9 +408,14 @@ def tokenize_corpus(
         total_docs = sum(c["documents"] for c in counts.values())
         if total_docs == 0:
             raise UsageError("the inputs hold no documents (only empty or whitespace text); check the inputs")
-        empty = [s.path for s in sources if s.documents == 0]
+        empty = [s.path for s in all_sources if s.documents == 0]
         if empty:
             raise UsageError(f"input {empty[0]!r} holds no text (only whitespace); remove it from the inputs")
+        if counts["train"]["documents"] == 0:
+            raise UsageError(
+                f"the train split is empty: all {total_docs} document(s) went to the validation split "
+                f"(val_fraction {val_fraction:g}); give more documents (for a text file, separate them by "
+                "blank lines, or use --text-split line) or a smaller --val-fraction")
         if seq_len is not None and counts["train"]["tokens"] < seq_len + 1:
             raise UsageError(
                 f"the corpus gives {counts['train']['tokens']} train tokens, fewer than one window of "
@@ -388,12 +424,12 @@ def tokenize_corpus(
         if val_fraction > 0 and counts["val"]["documents"] == 0:
             logger.warning("the validation split is empty (%d documents, val_fraction %g); "
                            "use a larger val_fraction for an evaluation set", total_docs, val_fraction)
-        replaced = sum(s.replaced_chars for s in sources)
+        replaced = sum(s.replaced_chars for s in all_sources)
         if replaced:
-            worst = max(sources, key=lambda s: s.replaced_chars)
+            worst = max(all_sources, key=lambda s: s.replaced_chars)
             logger.warning(
                 "replaced %d undecodable byte sequence(s) with U+FFFD in %d input(s) (most in %s: %d); "
-                "the inputs are not valid UTF-8", replaced, sum(1 for s in sources if s.replaced_chars),
+                "the inputs are not valid UTF-8", replaced, sum(1 for s in all_sources if s.replaced_chars),
                 worst.path, worst.replaced_chars)
         tok.save_pretrained(tmp / "tokenizer")
         total_tokens = sum(c["tokens"] for c in counts.values())
@@ -401,7 +437,7 @@ def tokenize_corpus(
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "complete": True,
-            "key": sha256_json([settings, tok_hash, [s.identity() for s in sources]]),
+            "key": sha256_json([settings, tok_hash, [s.identity() for s in all_sources]]),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "dtype": dtype.name,
             "index_dtype": np.dtype(INDEX_DTYPE).name,
@@ -410,7 +446,7 @@ def tokenize_corpus(
             "settings": settings,
             "splits": counts,
             "replaced_chars": replaced,
-            "inputs": [s.describe() for s in sources],
+            "inputs": [s.describe() for s in sources] + [{**s.describe(), "role": "validation"} for s in val_sources],
             "num_proc": num_proc,
             "elapsed_s": round(elapsed, 3),
             "tokens_per_s": round(total_tokens / max(elapsed, 1e-9), 1),

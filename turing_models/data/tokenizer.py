@@ -135,17 +135,7 @@ def _build_backend(kind: str, vocab_size: int, min_frequency: int, lowercase: bo
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
         )
     elif kind == "unigram":  # SentencePiece unigram: "▁" marks the start of a word
-        tok = Tokenizer(models.Unigram())
-        norms = [normalizers.NFKC(), normalizers.Replace(" {2,}", " ")]
-        if lowercase:
-            norms.append(normalizers.Lowercase())
-        tok.normalizer = normalizers.Sequence(norms)
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-            special_tokens=[("<s>", 0), ("</s>", 2)],
-        )
+        tok = _with_metaspace(Tokenizer(models.Unigram()), lowercase)
         trainer = trainers.UnigramTrainer(
             vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False,
         )
@@ -167,11 +157,11 @@ def _build_backend(kind: str, vocab_size: int, min_frequency: int, lowercase: bo
     return tok, trainer
 
 
-def _metaspace_tokenizer(vocab: list[tuple[str, float]], unk_id: int, lowercase: bool):
-    """A fast Unigram tokenizer with SentencePiece's conventions (NFKC, collapsed spaces, ▁ words)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+def _with_metaspace(tok, lowercase: bool):
+    """``tok`` with SentencePiece's conventions: NFKC, runs of spaces collapsed, ``▁`` words,
+    ``<s> ... </s>`` around each sequence."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
 
-    tok = Tokenizer(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False))
     norms = [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip()]
     if lowercase:
         norms.append(normalizers.Lowercase())
@@ -182,6 +172,13 @@ def _metaspace_tokenizer(vocab: list[tuple[str, float]], unk_id: int, lowercase:
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)],
     )
     return tok
+
+
+def _metaspace_tokenizer(vocab: list[tuple[str, float]], unk_id: int, lowercase: bool):
+    """A fast Unigram tokenizer over a SentencePiece vocabulary, with its conventions."""
+    from tokenizers import Tokenizer, models
+
+    return _with_metaspace(Tokenizer(models.Unigram(vocab, unk_id=unk_id, byte_fallback=False)), lowercase)
 
 
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int, lowercase: bool) -> tuple[object, bytes, int]:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .attention import fused_kernels_usable
+from .attention import kernels_usable
 
 
 def linear_cross_entropy(
@@ -34,7 +34,7 @@ def linear_cross_entropy(
     """
     hidden = hidden.reshape(-1, hidden.shape[-1])
     labels = labels.reshape(-1)
-    if fused and fused_kernels_usable(hidden, weight):
+    if fused and kernels_usable(hidden, weight):
         from turing_kernels.cross_entropy import fused_linear_cross_entropy
 
         return fused_linear_cross_entropy(

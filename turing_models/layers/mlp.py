@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import fused_kernels_usable
+from .attention import kernels_usable
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 
@@ -41,7 +41,7 @@ class MLP(nn.Module):
         self.fused_bias_gelu = fused_bias_gelu and activation in ("gelu", "gelu_tanh") and bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_bias_gelu and fused_kernels_usable(x, self.fc_in.weight):
+        if self.fused_bias_gelu and kernels_usable(x, self.fc_in.weight):
             from turing_kernels.bias_gelu import bias_gelu
 
             h = bias_gelu(F.linear(x, self.fc_in.weight), self.fc_in.bias, approximate=self.activation == "gelu_tanh")

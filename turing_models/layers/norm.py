@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .attention import fused_kernels_usable
+from .attention import kernels_usable
 
 
 class LayerNorm(nn.LayerNorm):
@@ -24,7 +24,7 @@ class LayerNorm(nn.LayerNorm):
         self.fused = fused
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
-        if self.fused and fused_kernels_usable(x, self.weight, residual):
+        if self.fused and kernels_usable(x, self.weight, residual):
             from turing_kernels.layernorm import layer_norm
 
             return layer_norm(x, self.weight, self.bias, self.eps, residual=residual)

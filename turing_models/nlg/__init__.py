@@ -15,6 +15,8 @@ from .modeling_turing_nlg import (
     TuringNLGPreTrainedModel,
 )
 
+from . import adapter_gpt2  # noqa: E402  (registers the GPT-2 key map for from_pretrained)
+
 AutoConfig.register(TuringNLGConfig.model_type, TuringNLGConfig, exist_ok=True)
 AutoModel.register(TuringNLGConfig, TuringNLGModel, exist_ok=True)
 AutoModelForCausalLM.register(TuringNLGConfig, TuringNLGForCausalLM, exist_ok=True)

@@ -22,7 +22,10 @@ from typing import Optional
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+from ..errors import UsageError
+from ..layers.attention import check_attn_implementation
+from ..layers.config import FIELD_ALIASES, QKV_LAYOUT, apply_aliases, check_shared_fields, mark_qkv_layout
+
 GPT2_VOCAB_SIZE = 50257
 VOCAB_PAD_MULTIPLE = 128
 
@@ -32,18 +35,23 @@ def pad_vocab_size(size: int, multiple: int = VOCAB_PAD_MULTIPLE) -> int:
     return int(math.ceil(size / multiple) * multiple)
 
 
-# name -> (layers, hidden, heads, context). Sources: DESIGN.md "Reference figures".
-NLG_SCALES: dict[str, tuple[int, int, int, int]] = {
-    "tiny": (4, 256, 4, 256),  # CPU tests and the 5-minute CPU demo
-    "125m": (12, 768, 12, 2048),  # GPT-3 Small
-    "350m": (24, 1024, 16, 2048),  # GPT-3 Medium
-    "760m": (24, 1536, 16, 2048),  # GPT-3 Large
-    "1.3b": (24, 2048, 16, 2048),  # GPT-3 XL
-    "2.7b": (32, 2560, 32, 2048),  # GPT-3 2.7B
-    "6.7b": (32, 4096, 32, 2048),  # GPT-3 6.7B
-    "8.3b": (72, 3072, 32, 1024),  # Megatron-LM 8.3B
-    "13b": (40, 5120, 40, 2048),  # GPT-3 13B
-    "17b": (78, 4256, 28, 1024),  # Turing-NLG: head dim 152
+def _scale(layers: int, hidden: int, heads: int, context: int) -> dict[str, int]:
+    return dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                max_position_embeddings=context)
+
+
+# name -> config fields (the same style as NLU_SCALES)
+NLG_SCALES: dict[str, dict[str, int]] = {
+    "tiny": _scale(4, 256, 4, 256),  # CPU tests and the 5-minute CPU demo
+    "125m": _scale(12, 768, 12, 2048),  # GPT-3 Small
+    "350m": _scale(24, 1024, 16, 2048),  # GPT-3 Medium
+    "760m": _scale(24, 1536, 16, 2048),  # GPT-3 Large
+    "1.3b": _scale(24, 2048, 16, 2048),  # GPT-3 XL
+    "2.7b": _scale(32, 2560, 32, 2048),  # GPT-3 2.7B
+    "6.7b": _scale(32, 4096, 32, 2048),  # GPT-3 6.7B
+    "8.3b": _scale(72, 3072, 32, 1024),  # Megatron-LM 8.3B
+    "13b": _scale(40, 5120, 40, 2048),  # GPT-3 13B
+    "17b": _scale(78, 4256, 28, 1024),  # Turing-NLG: head dim 152
 }
 
 
@@ -58,7 +66,8 @@ class TuringNLGConfig(PretrainedConfig):
         max_position_embeddings: context length (learned absolute positions).
         hidden_size, num_hidden_layers, num_attention_heads: the transformer's shape.
         intermediate_size: FFN width; ``None`` means ``4 * hidden_size``.
-        activation: ``"gelu"`` (erf, Megatron), ``"gelu_tanh"`` (GPT-2's ``gelu_new``) or ``"relu"``.
+        hidden_act: ``"gelu"`` (erf, Megatron), ``"gelu_tanh"`` (GPT-2's ``gelu_new``) or ``"relu"``
+            (``activation`` is accepted as an alias; see :mod:`turing_models.layers.config`).
         layer_norm_eps: LayerNorm epsilon.
         hidden_dropout: dropout on the embeddings and on each block's two residual branches.
         attention_dropout: dropout on the attention probabilities.
@@ -67,12 +76,25 @@ class TuringNLGConfig(PretrainedConfig):
             MLP ``fc_out``) use ``initializer_range / sqrt(2 * num_hidden_layers)`` (GPT-2 / Megatron).
         fused_layernorm, fused_bias_gelu, fused_cross_entropy: use the Triton kernels of
             ``turing_kernels`` for these ops on CUDA (plain PyTorch elsewhere; results are the same).
+        qkv_layout: row order of the fused ``qkv`` projection: ``"per_head"`` (``[heads, 3, head_dim]``,
+            so tensor parallelism splits whole heads). ``config.json`` files written before it are read
+            as ``"blocks"`` (``[q | k | v]``) and their weights are converted on load.
         attn_implementation: ``"turing"``, ``"sdpa"`` or ``"eager"``; ``None`` picks ``"turing"`` on
             CUDA with Triton and ``"sdpa"`` elsewhere.
     """
 
     model_type = "turing_nlg"
+    attribute_map = FIELD_ALIASES
     keys_to_ignore_at_inference = ["cache", "past_key_values"]
+    # Tensor-parallel plan of the decoder (transformers' styles; the LM head's is on
+    # TuringNLGForCausalLM._tp_plan, and transformers adds "embedding_rowwise" for embed_tokens).
+    # The fused qkv rows are per head ([heads, 3, head_dim]), so "colwise" hands each rank whole heads.
+    base_model_tp_plan = {
+        "layers.*.attention.qkv": "colwise",
+        "layers.*.attention.dense": "rowwise",
+        "layers.*.mlp.fc_in": "colwise",
+        "layers.*.mlp.fc_out": "rowwise",
+    }
 
     vocab_size: int = GPT2_VOCAB_SIZE
     real_vocab_size: Optional[int] = None
@@ -81,11 +103,12 @@ class TuringNLGConfig(PretrainedConfig):
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     intermediate_size: Optional[int] = None
-    activation: str = "gelu"
+    hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
     hidden_dropout: float | int = 0.1
     attention_dropout: float | int = 0.1
     initializer_range: float = 0.02
+    qkv_layout: str = QKV_LAYOUT
     fused_layernorm: bool = False
     fused_bias_gelu: bool = False
     fused_cross_entropy: bool = False
@@ -96,6 +119,7 @@ class TuringNLGConfig(PretrainedConfig):
     pad_token_id: Optional[int] = None
 
     def __post_init__(self, **kwargs):
+        apply_aliases(self, kwargs)
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         if self.real_vocab_size is None:
@@ -105,35 +129,21 @@ class TuringNLGConfig(PretrainedConfig):
             if getattr(self, field) == GPT2_VOCAB_SIZE - 1 and self.real_vocab_size < GPT2_VOCAB_SIZE:
                 setattr(self, field, None)
         super().__post_init__(**kwargs)
-        if self._attn_implementation not in (None, "auto", "turing", "sdpa", "eager"):
-            raise ValueError(
-                f"TuringNLGConfig: attn_implementation={self._attn_implementation!r} is not supported; "
-                "allowed: 'turing', 'sdpa', 'eager' (or None / 'auto' for the default)."
-            )
+        check_attn_implementation(self._attn_implementation)
 
     def _check(self) -> None:
-        def bad(field: str, value, allowed: str):
-            raise ValueError(f"TuringNLGConfig: {field}={value!r} is invalid; {allowed}.")
+        check_shared_fields(self)
+        if not isinstance(self.real_vocab_size, int) or self.real_vocab_size < 1 or self.real_vocab_size > self.vocab_size:
+            raise UsageError(
+                f"TuringNLGConfig.real_vocab_size={self.real_vocab_size!r} is invalid: it must be a positive integer "
+                f"that does not exceed vocab_size={self.vocab_size} (the embedding rows)"
+            )
 
-        for field in ("vocab_size", "max_position_embeddings", "hidden_size", "num_hidden_layers",
-                      "num_attention_heads", "intermediate_size", "real_vocab_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                bad(field, value, "it must be a positive integer")
-        if self.hidden_size % self.num_attention_heads:
-            bad("hidden_size", self.hidden_size,
-                f"it must be divisible by num_attention_heads={self.num_attention_heads}")
-        if self.activation not in ACTIVATIONS:
-            bad("activation", self.activation, f"allowed: {', '.join(ACTIVATIONS)}")
-        if self.real_vocab_size > self.vocab_size:
-            bad("real_vocab_size", self.real_vocab_size,
-                f"it must not exceed vocab_size={self.vocab_size} (the embedding rows)")
-        for field in ("hidden_dropout", "attention_dropout"):
-            value = getattr(self, field)
-            if not 0.0 <= value < 1.0:
-                bad(field, value, "it must be in [0, 1)")
-        if not self.layer_norm_eps > 0:
-            bad("layer_norm_eps", self.layer_norm_eps, "it must be > 0")
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' ``from_dict``; a ``config.json`` written before the per-head qkv layout is
+        marked ``qkv_layout="blocks"`` so that loading converts its weights."""
+        return super().from_dict(mark_qkv_layout(config_dict), **kwargs)
 
     @property
     def head_dim(self) -> int:
@@ -144,18 +154,13 @@ class TuringNLGConfig(PretrainedConfig):
         """The config of a named scale (see ``NLG_SCALES``); keyword arguments override fields."""
         key = str(name).lower()
         if key not in NLG_SCALES:
-            raise ValueError(
-                f"TuringNLGConfig: scale name={name!r} is unknown; allowed: {', '.join(NLG_SCALES)}."
-            )
-        layers, hidden, heads, context = NLG_SCALES[key]
+            raise UsageError(f"TuringNLGConfig: scale name={name!r} is unknown; allowed: {', '.join(NLG_SCALES)}")
+        scale = NLG_SCALES[key]
         values = dict(
             vocab_size=pad_vocab_size(GPT2_VOCAB_SIZE),
             real_vocab_size=GPT2_VOCAB_SIZE,
-            max_position_embeddings=context,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            initializer_range=round(math.sqrt(1.0 / (3.0 * hidden)), 6),  # DESIGN.md: ~sqrt(1/(3h))
+            initializer_range=round(math.sqrt(1.0 / (3.0 * scale["hidden_size"])), 6),  # ~sqrt(1/(3h))
+            **scale,
         )
         values.update(overrides)
         return cls(**values)

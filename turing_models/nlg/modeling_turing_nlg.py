@@ -11,14 +11,16 @@ The residual stream is carried explicitly: each LayerNorm is called in its resid
 which is the same arithmetic as above and lets the fused Triton kernel do the add and the norm in
 one pass on CUDA (``config.fused_layernorm``).
 
-Attention projections are fused (one ``qkv`` matmul, output laid out ``[q | k | v]`` like GPT-2's
-``c_attn``), and attention itself goes through :func:`turing_models.layers.dot_product_attention`,
+Attention projections are fused (one ``qkv`` matmul whose output is laid out per head,
+``[heads, 3, head_dim]``, so a column split for tensor parallelism gives each rank whole heads;
+see :mod:`turing_models.layers.tensor_parallel`), and attention itself goes through :func:`turing_models.layers.dot_product_attention`,
 so ``config._attn_implementation`` ("turing", "sdpa", "eager") picks the backend with no change
 here. The KV cache is a transformers :class:`~transformers.DynamicCache`, so ``generate()`` works
 (greedy, sampling, beam search, left-padded batches).
 
-Nothing here is parallel: FSDP2 / DeepSpeed / activation checkpointing / torch.compile are applied
-from outside (``turing_models.training``), DESIGN.md principle 1.
+Nothing here is parallel: FSDP2 / DeepSpeed / tensor parallelism / activation checkpointing /
+torch.compile are applied from outside (``turing_models.training``); the tensor-parallel plan is data
+on the classes (``TuringNLGConfig.base_model_tp_plan``, ``TuringNLGForCausalLM._tp_plan``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..layers import MLP, LayerNorm, dot_product_attention, resolve_attn_implementation, turing_kernels_available
-from ..layers.attention import fused_kernels_usable
+from ..layers import MLP, LayerNorm, dot_product_attention, resolve_attn_implementation
+from ..layers.config import QKV_LAYOUT
+from ..layers.state_dict_adapter import load_pretrained
 from .configuration_turing_nlg import TuringNLGConfig
 
 # transformers renamed the outputs' ``past_key_values`` field to ``cache`` during 5.x; support both.
@@ -105,8 +108,9 @@ class TuringNLGAttention(nn.Module):
         cache: Optional[Cache] = None,
     ) -> torch.Tensor:
         batch, q_len, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, q_len, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, D]
+        # per-head fused layout [heads, 3, head_dim]; -1 heads: a tensor-parallel rank holds fewer
+        qkv = self.qkv(hidden_states).view(batch, q_len, -1, 3, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # each [B, H, T, D]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         if attn_mask is not None and attn_mask.shape[-1] < k.shape[-2]:
@@ -134,7 +138,7 @@ class TuringNLGBlock(GradientCheckpointingLayer):
             config.hidden_size, eps=config.layer_norm_eps, fused=config.fused_layernorm
         )
         self.mlp = MLP(
-            config.hidden_size, config.intermediate_size, activation=config.activation,
+            config.hidden_size, config.intermediate_size, activation=config.hidden_act,
             fused_bias_gelu=config.fused_bias_gelu,
         )
         self.mlp.fc_out.is_residual_projection = True
@@ -177,18 +181,12 @@ class TuringNLGPreTrainedModel(PreTrainedModel):
     _can_set_attn_implementation_cached_value = True
 
     def get_correct_attn_implementation(self, requested_attention: Optional[str], is_init_check: bool = False) -> str:
-        """Our attention goes through ``turing_models.layers``: accept exactly its backends.
+        """Our attention goes through the registry of ``turing_models.layers.attention``, which decides."""
+        return resolve_attn_implementation(requested_attention)
 
-        ``None`` / ``"auto"`` pick "turing" on CUDA with Triton and "sdpa" elsewhere.
-        """
-        name = resolve_attn_implementation(requested_attention)
-        # "turing" runs on CUDA with Triton, or on CPU under Triton's interpreter (TRITON_INTERPRET=1)
-        if name == "turing" and not (turing_kernels_available() or fused_kernels_usable()):
-            raise ValueError(
-                "attn_implementation='turing' needs a CUDA GPU and Triton, which are not available here; "
-                "use attn_implementation='sdpa' or 'eager' (or leave it unset to pick automatically)."
-            )
-        return name
+    def post_init(self) -> None:
+        self.config.qkv_layout = QKV_LAYOUT  # the modules compute per head; loading converts older files
+        super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 / Megatron init: N(0, std) everywhere, residual output projections N(0, std/sqrt(2L))."""
@@ -217,15 +215,11 @@ class TuringNLGPreTrainedModel(PreTrainedModel):
         """Load a TuringNLG checkpoint, or convert a GPT-2-family one (``model_type`` "gpt2") on load.
 
         ``pretrained_model_name_or_path`` is a folder or a Hub id, resolved with huggingface_hub as
-        transformers does. Bad checkpoints raise one :class:`~turing_models.errors.UsageError`.
+        transformers does; :mod:`turing_models.layers.state_dict_adapter` reads it (the GPT-2 key
+        map is registered by ``turing_models.nlg``). Bad checkpoints raise one
+        :class:`~turing_models.errors.UsageError`.
         """
-        from ..convert.gpt2 import load_pretrained
-
         return load_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
-    @classmethod
-    def _from_pretrained_native(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 def _output(cls, cache, **fields):
@@ -321,6 +315,9 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    # tensor parallelism: the vocabulary split column-wise, logits gathered (the decoder's plan is
+    # TuringNLGConfig.base_model_tp_plan)
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: TuringNLGConfig):
         super().__init__(config)
@@ -344,6 +341,12 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
         real = self.config.real_vocab_size
         weight = self.lm_head.weight
         return weight if real >= weight.shape[0] else weight[:real]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # through the lm_head module (a tensor-parallel plan hooks it), then the padding rows dropped
+        logits = self.lm_head(hidden)
+        real = self.config.real_vocab_size
+        return logits if real >= logits.shape[-1] else logits[..., :real]
 
     def forward(
         self,
@@ -378,7 +381,6 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
             return_dict=True, past_key_values=past_key_values,
         )
         hidden = outputs.last_hidden_state
-        weight = self._head_weight()
 
         loss = None
         logits = None
@@ -395,11 +397,11 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
 
                 # the fused kernel never materialises the tokens x vocab logits: none are returned
                 loss = linear_cross_entropy(
-                    hidden_for_loss, weight, targets, reduction=reduction, fused=True,
+                    hidden_for_loss, self._head_weight(), targets, reduction=reduction, fused=True,
                     num_valid_classes=self.config.real_vocab_size,
                 )
             else:
-                logits = F.linear(hidden, weight)
+                logits = self._logits(hidden)
                 shifted = logits if shift_labels is not None else logits[:, :-1]
                 loss = F.cross_entropy(
                     shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1), reduction=reduction
@@ -411,7 +413,7 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
                 kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
             else:
                 kept = hidden[:, logits_to_keep]
-            logits = F.linear(kept, weight)
+            logits = self._logits(kept)
 
         return_dict = self.config.return_dict if return_dict is None else return_dict
         cache_out = getattr(outputs, _CACHE_FIELD)

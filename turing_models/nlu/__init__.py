@@ -29,6 +29,8 @@ from .modeling_turing_nlu import (
     TuringNLUPreTrainedModel,
 )
 
+from . import adapter_bert  # noqa: E402  (registers the BERT / RoBERTa / XLM-R key map for from_pretrained)
+
 AutoConfig.register("turing_nlu", TuringNLUConfig, exist_ok=True)
 for _auto, _cls in (
     (AutoModel, TuringNLUModel),

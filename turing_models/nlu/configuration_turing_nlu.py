@@ -1,7 +1,9 @@
 """Configuration of the TuringNLU encoder family (BERT / RoBERTa / ELECTRA style).
 
-``TuringNLUConfig`` keeps BERT's field names (``hidden_act``, ``layer_norm_eps``,
-``hidden_dropout_prob`` ...) so public BERT, RoBERTa and XLM-R configs map onto it one to one, and
+``TuringNLUConfig`` spells the fields both families share as TuringNLG does (``hidden_act``,
+``hidden_dropout``, ``attention_dropout``; BERT's ``hidden_dropout_prob`` and
+``attention_probs_dropout_prob`` are accepted aliases, :mod:`turing_models.layers.config`), keeps
+BERT's other names so public BERT, RoBERTa and XLM-R configs map onto it one to one, and
 adds the few switches the Turing encoders need: pre- or post-LN, RoBERTa's position offset,
 unpadded execution, the sentence-classification head style and the pretraining objective.
 
@@ -23,7 +25,16 @@ from typing import Any, Optional
 
 from transformers import PreTrainedConfig
 
-from ..layers.mlp import ACTIVATIONS
+from ..errors import UsageError
+from ..layers.attention import check_attn_implementation
+from ..layers.config import (
+    ACTIVATIONS,
+    FIELD_ALIASES,
+    QKV_LAYOUT,
+    apply_aliases,
+    check_shared_fields,
+    mark_qkv_layout,
+)
 
 NORM_POSITIONS = ("post", "pre")
 CLASSIFIER_HEADS = ("pooler", "dense")
@@ -56,7 +67,8 @@ class TuringNLUConfig(PreTrainedConfig):
         hidden_act: FFN activation: ``"gelu"``, ``"gelu_tanh"`` or ``"relu"``.
         mlm_head_act: activation of the MLM head transform; ``None`` follows ``hidden_act`` (BERT),
             RoBERTa / XLM-R always use ``"gelu"``.
-        hidden_dropout_prob, attention_probs_dropout_prob, classifier_dropout: dropouts.
+        hidden_dropout, attention_dropout, classifier_dropout: dropouts (BERT's
+            ``hidden_dropout_prob`` / ``attention_probs_dropout_prob`` are accepted as aliases).
         max_position_embeddings: rows of the learned position table.
         position_offset: first position id of a sequence. 0 for BERT; RoBERTa / XLM-R use
             ``pad_token_id + 1`` (= 2): real tokens count up from the offset and padding takes
@@ -77,11 +89,26 @@ class TuringNLUConfig(PreTrainedConfig):
             the same depth).
         rtd_loss_weight: weight of the replaced-token-detection loss (ELECTRA: 50).
         fused_layernorm, fused_bias_gelu, fused_cross_entropy: use the Triton kernels on CUDA.
+        qkv_layout: row order of the fused ``qkv`` projection: ``"per_head"`` (``[heads, 3, head_dim]``,
+            so tensor parallelism splits whole heads). ``config.json`` files written before it are read
+            as ``"blocks"`` (``[q | k | v]``) and their weights are converted on load.
         source_model_type: the public format a converted checkpoint came from (``"bert"``,
             ``"roberta"``, ``"xlm-roberta"``); export writes this format back.
     """
 
     model_type = "turing_nlu"
+    attribute_map = FIELD_ALIASES
+    # Tensor-parallel plan of the encoder (transformers' styles; the MLM head's is on
+    # TuringNLUForMaskedLM._tp_plan). The fused qkv rows are per head ([heads, 3, head_dim]), so
+    # "colwise" hands each rank whole heads, on the padded and the unpadded (varlen) path alike.
+    base_model_tp_plan = {
+        # vocabulary-parallel, like the tied MLM decoder (both split on the vocabulary rows)
+        "embeddings.word_embeddings": "embedding_rowwise",
+        "layers.*.attention.qkv": "colwise",
+        "layers.*.attention.out": "rowwise",
+        "layers.*.mlp.fc_in": "colwise",
+        "layers.*.mlp.fc_out": "rowwise",
+    }
 
     vocab_size: int = BERT_WORDPIECE_VOCAB
     hidden_size: int = 768
@@ -90,8 +117,8 @@ class TuringNLUConfig(PreTrainedConfig):
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
     mlm_head_act: Optional[str] = None
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
     classifier_dropout: Optional[float] = None
     max_position_embeddings: int = 512
     position_offset: int = 0
@@ -107,6 +134,7 @@ class TuringNLUConfig(PreTrainedConfig):
     generator_num_attention_heads: Optional[int] = None
     generator_intermediate_size: Optional[int] = None
     rtd_loss_weight: float = 50.0
+    qkv_layout: str = QKV_LAYOUT
     fused_layernorm: bool = False
     fused_bias_gelu: bool = False
     fused_cross_entropy: bool = False
@@ -117,30 +145,21 @@ class TuringNLUConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        apply_aliases(self, kwargs)
         super().__post_init__(**kwargs)
         self.check()
+        check_attn_implementation(self._attn_implementation)
 
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
-        """Raise a ``ValueError`` naming the field, its value and what is allowed."""
+        """Raise a :class:`UsageError` naming the field, its value and what is allowed."""
 
         def bad(field: str, allowed: str):
-            raise ValueError(f"TuringNLUConfig.{field}={getattr(self, field)!r} is invalid: {allowed}.")
+            raise UsageError(f"TuringNLUConfig.{field}={getattr(self, field)!r} is invalid: {allowed}")
 
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                      "intermediate_size", "max_position_embeddings"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                bad(field, "it must be a positive integer")
+        check_shared_fields(self)
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             bad("type_vocab_size", "it must be an integer >= 0 (0 = no token-type embeddings)")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"TuringNLUConfig.hidden_size={self.hidden_size} is invalid: it must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}."
-            )
-        if self.hidden_act not in ACTIVATIONS:
-            bad("hidden_act", f"choose one of {', '.join(ACTIVATIONS)}")
         if self.mlm_head_act is not None and self.mlm_head_act not in ACTIVATIONS:
             bad("mlm_head_act", f"choose None (same as hidden_act) or one of {', '.join(ACTIVATIONS)}")
         if self.norm_position not in NORM_POSITIONS:
@@ -149,16 +168,10 @@ class TuringNLUConfig(PreTrainedConfig):
             bad("classifier_head", f"choose one of {', '.join(CLASSIFIER_HEADS)}")
         if self.pretraining_objective not in PRETRAINING_OBJECTIVES:
             bad("pretraining_objective", f"choose one of {', '.join(PRETRAINING_OBJECTIVES)}")
-        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            value = getattr(self, field)
-            if value is not None and not (0.0 <= float(value) < 1.0):
-                bad(field, "a probability in [0, 1) is required")
+        if self.classifier_dropout is not None and not (0.0 <= float(self.classifier_dropout) < 1.0):
+            bad("classifier_dropout", "a probability in [0, 1) is required")
         if not isinstance(self.position_offset, int) or not 0 <= self.position_offset < self.max_position_embeddings:
             bad("position_offset", f"it must be an integer in [0, max_position_embeddings={self.max_position_embeddings})")
-        if self.layer_norm_eps <= 0:
-            bad("layer_norm_eps", "it must be > 0")
-        if self.initializer_range <= 0:
-            bad("initializer_range", "it must be > 0")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             bad("pad_token_id", f"it must be None or in [0, vocab_size={self.vocab_size})")
         if self.position_offset and self.pad_token_id is None:
@@ -174,6 +187,12 @@ class TuringNLUConfig(PreTrainedConfig):
                 bad("generator_hidden_size", f"it must be divisible by generator_num_attention_heads={gen.num_attention_heads}")
 
     # ------------------------------------------------------------------ derived values
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' ``from_dict``; a ``config.json`` written before the per-head qkv layout is
+        marked ``qkv_layout="blocks"`` so that loading converts its weights."""
+        return super().from_dict(mark_qkv_layout(config_dict), **kwargs)
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
@@ -203,25 +222,19 @@ class TuringNLUConfig(PreTrainedConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a ``config.json``; a BERT / RoBERTa / XLM-R config is converted (see convert.bert)."""
-        hub_keys = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
-        config_dict, _ = cls.get_config_dict(pretrained_model_name_or_path,
-                                             **{k: kwargs[k] for k in hub_keys if k in kwargs})
-        model_type = config_dict.get("model_type")
-        if model_type in (None, cls.model_type):
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        from ..convert.bert import config_from_hf  # raises a clear error for unsupported types
+        """Load a ``config.json``; a BERT / RoBERTa / XLM-R config is converted (``nlu.adapter_bert``)."""
+        from ..layers.state_dict_adapter import config_from_pretrained
 
-        return_unused = kwargs.pop("return_unused_kwargs", False)
-        overrides = {k: v for k, v in kwargs.items() if k not in hub_keys and not k.startswith("_")}
-        config = config_from_hf(config_dict, **overrides)
-        return (config, {}) if return_unused else config
+        converted = config_from_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+        if converted is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return (converted, {}) if kwargs.get("return_unused_kwargs") else converted
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> "TuringNLUConfig":
         """A named scale (``tiny``, ``base``, ``large``, ``xl``) with optional field overrides."""
         if name not in NLU_SCALES:
-            raise ValueError(f"unknown TuringNLU scale {name!r}; choose one of {', '.join(NLU_SCALES)}.")
+            raise UsageError(f"unknown TuringNLU scale {name!r}; choose one of {', '.join(NLU_SCALES)}")
         return cls(**{**NLU_SCALES[name], **overrides})
 
 

@@ -13,7 +13,8 @@ Every norm, MLP and projection then runs on real tokens only, attention runs per
 padded path's at the real positions.
 
 Checkpoints of BERT, RoBERTa and XLM-R (folders or Hub ids) load into every class here through
-``from_pretrained``: :mod:`turing_models.convert.bert` converts their config and weights on load.
+``from_pretrained``: the key map of :mod:`turing_models.nlu.adapter_bert` converts their config and
+weights on load.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput
 
 from ..layers import LayerNorm, MLP, activation_fn, dot_product_attention, linear_cross_entropy, varlen_attention
-from ..layers.attention import ATTN_IMPLEMENTATIONS, resolve_attn_implementation, turing_kernels_available
+from ..layers.attention import resolve_attn_implementation
+from ..layers.config import QKV_LAYOUT
+from ..layers.state_dict_adapter import load_pretrained
 from .configuration_turing_nlu import TuringNLUConfig
 
 
@@ -95,7 +98,7 @@ class TuringNLUEmbeddings(nn.Module):
             nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
         )
         self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps, fused=config.fused_layernorm)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, input_ids, position_ids, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -117,21 +120,22 @@ class TuringNLUAttention(nn.Module):
         self.head_dim = config.head_dim
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout_p = config.attention_probs_dropout_prob
+        self.dropout_p = config.attention_dropout
         self.config = config
 
     def forward(self, x: torch.Tensor, attn_mask=None, packed: Optional[PackedBatch] = None) -> torch.Tensor:
         impl = _attention_backend(self.config)
         dropout_p = self.dropout_p if self.training else 0.0
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+        # per-head fused layout [heads, 3, head_dim]; -1 heads: a tensor-parallel rank holds fewer
+        qkv = self.qkv(x).unflatten(-1, (-1, 3, self.head_dim))
         if packed is not None and impl != "turing" and not torch.is_grad_enabled() and dropout_p == 0.0:
             o = _packed_attention_inference(qkv, packed, impl).flatten(-2)
         elif packed is not None:  # x: [total, hidden]
-            q, k, v = qkv.unbind(dim=1)  # [total, H, D] each
+            q, k, v = qkv.unbind(dim=-2)  # [total, H, D] each
             o = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, implementation=impl, dropout_p=dropout_p)
             o = o.flatten(-2)
         else:  # x: [batch, seq, hidden]
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, T, D] each
+            q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # [B, H, T, D] each
             o = dot_product_attention(q, k, v, implementation=impl, attn_mask=attn_mask, dropout_p=dropout_p)
             o = o.transpose(1, 2).flatten(-2)
         return self.out(o)
@@ -142,16 +146,15 @@ def _packed_attention_inference(qkv: torch.Tensor, packed: PackedBatch, impl: st
     sequence, each output written over that sequence's query slice (no longer needed once its
     attention is computed). Same result as ``varlen_attention``, without allocating and filling a
     new ``[total, hidden]`` buffer per layer, which is measurable on the CPU. ``qkv``:
-    ``[total, 3, H, D]``; returns ``[total, H, D]`` (a view into ``qkv``)."""
+    ``[total, H, 3, D]`` (the per-head fused layout); returns ``[total, H, D]`` (a view into ``qkv``)."""
     for start, end in zip(packed.bounds[:-1], packed.bounds[1:]):
-        q, k, v = qkv[start:end].permute(1, 2, 0, 3).unsqueeze(1)  # [1, H, L, D] each
-        qkv[start:end, 0] = dot_product_attention(q, k, v, implementation=impl)[0].transpose(0, 1)
-    return qkv[:, 0]
+        q, k, v = qkv[start:end].permute(2, 1, 0, 3).unsqueeze(1)  # [1, H, L, D] each
+        qkv[start:end, :, 0] = dot_product_attention(q, k, v, implementation=impl)[0].transpose(0, 1)
+    return qkv[:, :, 0]
 
 
 def _attention_backend(config: TuringNLUConfig) -> str:
-    impl = getattr(config, "_attn_implementation", None)
-    return impl if impl in ATTN_IMPLEMENTATIONS else resolve_attn_implementation(None)
+    return getattr(config, "_attn_implementation", None) or "sdpa"
 
 
 class TuringNLULayer(nn.Module):
@@ -166,7 +169,7 @@ class TuringNLULayer(nn.Module):
         self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act,
                        fused_bias_gelu=config.fused_bias_gelu)
         self.mlp_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps, fused=config.fused_layernorm)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: torch.Tensor, attn_mask=None, packed: Optional[PackedBatch] = None) -> torch.Tensor:
         if self.pre_ln:
@@ -215,14 +218,12 @@ class TuringNLUPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TuringNLULayer"]
 
     def get_correct_attn_implementation(self, requested_attention: Optional[str], is_init_check: bool = False) -> str:
-        # "turing" (Triton, CUDA), "sdpa" or "eager"; unset picks "turing" on CUDA, else "sdpa".
-        if requested_attention in (None, "auto"):
-            return resolve_attn_implementation(None)
-        impl = resolve_attn_implementation(requested_attention)
-        if impl == "turing" and not turing_kernels_available():
-            raise ValueError("attn_implementation='turing' needs a CUDA GPU and Triton; use 'sdpa' (or leave it "
-                             "unset to pick the best available).")
-        return impl
+        """Our attention goes through the registry of ``turing_models.layers.attention``, which decides."""
+        return resolve_attn_implementation(requested_attention)
+
+    def post_init(self) -> None:
+        self.config.qkv_layout = QKV_LAYOUT  # the modules compute per head; loading converts older files
+        super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -241,16 +242,10 @@ class TuringNLUPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a TuringNLU folder / Hub id, or convert a BERT, RoBERTa or XLM-R one on load."""
-        from ..convert import bert as convert_bert
-
-        if pretrained_model_name_or_path is not None and kwargs.get("state_dict") is None:
-            converted = convert_bert.load_for(cls, pretrained_model_name_or_path, kwargs)
-            if converted is not None:
-                config, state_dict = converted
-                kwargs = {k: v for k, v in kwargs.items() if k not in convert_bert.HUB_KWARGS}
-                return super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        """Load a TuringNLU folder / Hub id, or convert a BERT, RoBERTa or XLM-R one on load
+        (:mod:`turing_models.layers.state_dict_adapter`; the key map is registered by
+        ``turing_models.nlu``). Bad checkpoints raise one :class:`~turing_models.errors.UsageError`."""
+        return load_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
 
 class TuringNLUModel(TuringNLUPreTrainedModel):
@@ -317,7 +312,7 @@ class TuringNLUModel(TuringNLUPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
         if output_attentions:
             raise ValueError("output_attentions is not supported by TuringNLU (attention runs fused); "
-                             "use output_hidden_states or a transformers BertModel exported with convert.bert.")
+                             "use output_hidden_states or a transformers BertModel exported with export_to_hf.")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -366,6 +361,8 @@ class TuringNLUForMaskedLM(TuringNLUPreTrainedModel):
     """Masked language modelling (BERT / RoBERTa MLM head, decoder tied to the embeddings)."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "encoder.embeddings.word_embeddings.weight"}
+    # tensor parallelism: the vocabulary projection split column-wise, logits gathered
+    _tp_plan = {"lm_head.decoder": "colwise_gather_output"}
 
     def __init__(self, config: TuringNLUConfig):
         super().__init__(config)
@@ -402,7 +399,7 @@ class TuringNLUForSequenceClassification(TuringNLUPreTrainedModel):
         self.num_labels = config.num_labels
         use_pooler = config.classifier_head == "pooler"
         self.encoder = TuringNLUModel(config, add_pooling_layer=use_pooler)
-        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
         self.dropout = nn.Dropout(drop)
         if use_pooler:
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
@@ -488,7 +485,7 @@ class TuringNLUForTokenClassification(TuringNLUPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.encoder = TuringNLUModel(config, add_pooling_layer=False)
-        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        drop = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
         self.dropout = nn.Dropout(drop)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()

@@ -8,8 +8,12 @@
   whole are a regression target, anything else is a set of classes (sorted numerically when they
   are integers). It goes into the model config as ``id2label`` / ``label2id`` / ``problem_type``,
   so the saved model knows its labels. An eval label that training never saw is an error.
-* **head**: ``AutoModelForSequenceClassification`` over an encoder.
-* **metric**: accuracy, F1 and MCC; Pearson / Spearman for regression (:mod:`.metrics`).
+* **head**: ``TuringNLUForSequenceClassification`` (from TuringNLU, BERT, RoBERTa and XLM-R
+  checkpoints).
+* **predict + metric**: :func:`predict_labels` gives class ids and their probabilities (or
+  regression values); accuracy, F1 and MCC, or Pearson / Spearman for regression (:mod:`.metrics`).
+
+:class:`ClassificationTask` ties these together for ``recipes/finetune.py`` and ``recipes/evaluate.py``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
+
+import torch
 
 from turing_models.errors import UsageError
-from turing_models.tasks.common import input_keys, seeded_split
+from turing_models.tasks.base import Task
+from turing_models.tasks.common import evaluating, input_keys, padded_batches, resolve_data_path, seeded_split, uses_token_types
 from turing_models.tasks.metrics import classification_metrics, regression_metrics
 
 logger = logging.getLogger(__name__)
@@ -348,3 +355,122 @@ def compute_metrics(label_space: LabelSpace, labels: Sequence, predictions: Sequ
     if label_space.is_regression:
         return regression_metrics(labels, predictions)
     return classification_metrics(labels, predictions, label_space.num_labels)
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassificationOptions:
+    """Sequence classification / regression settings."""
+
+    max_length: int = 128
+    text_column: Optional[str] = None
+    """Column of the (first) text; default: sentence, text, sentence1, question, ... or the first column."""
+    text_pair_column: Optional[str] = None
+    """Column of the second text of a pair; default: sentence2, question2, hypothesis, ... if present."""
+    label_column: Optional[str] = None
+    """Column of the label; default: label, labels, score, ... or the last column."""
+    header: Optional[bool] = None
+    """Whether TSV/CSV files have a header line; default: detected."""
+    problem_type: Literal["auto", "single_label_classification", "regression"] = "auto"
+    """auto: regression when the labels are numbers that are not all whole."""
+
+
+@torch.no_grad()
+def predict_labels(model, tokenizer, features: Sequence[dict[str, Any]], regression: bool, batch_size: int = 32):
+    """Class ids and their probabilities, or regression values (twice)."""
+    preds, scores = [], []
+    with evaluating(model) as device:
+        for _, batch in padded_batches(features, tokenizer, batch_size, device):
+            logits = model(**batch).logits.float()
+            if regression:
+                values = logits.squeeze(-1).cpu().tolist()
+                preds += values
+                scores += values
+            else:
+                probs = logits.softmax(-1)
+                best = probs.argmax(-1)
+                preds += best.cpu().tolist()
+                scores += probs.gather(-1, best[:, None]).squeeze(-1).cpu().tolist()
+    return preds, scores
+
+
+class ClassificationTask(Task):
+    """Sequence classification / regression: labelled texts, label space saved with the model."""
+
+    name = "classification"
+    family = "encoder"
+    head = "TuringNLUForSequenceClassification"
+    default_data = "recipes/data/classification/uci_sentiment"
+
+    def __init__(self, options: ClassificationOptions, tokenizer):
+        super().__init__(options, tokenizer)
+        self.columns = Columns(options.text_column, options.text_pair_column, options.label_column)
+        self.labels: Optional[LabelSpace] = None
+        self.eval_source = "the eval split"
+
+    # -- data
+    def load(self, source: str, *, split: str, for_training: bool = False) -> list[ClassificationExample]:
+        if not for_training:
+            self.eval_source = source
+        paths = [resolve_data_path(p.strip()) for p in source.split(",")]
+        return load_classification(paths, columns=self.columns, header=self.o.header, split=split)
+
+    def prepare(self, train, evaluation, spec):
+        self.labels = LabelSpace.infer(train, self.o.problem_type)
+        unlabelled = sum(1 for ex in evaluation if ex.label is None or str(ex.label).strip() == "")
+        if unlabelled:
+            raise UsageError(f"{unlabelled} eval examples have no label; metrics need labelled eval data")
+        for ex in evaluation:  # an unseen label fails here, before training starts
+            self.labels.encode(ex.label, self.eval_source)
+        return train
+
+    def describe(self) -> str:
+        return ", regression" if self.labels.is_regression else f", labels {self.labels.labels}"
+
+    # -- settings
+    def head_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"num_labels": self.labels.num_labels, "problem_type": self.labels.problem_type}
+        if not self.labels.is_regression:
+            kwargs["id2label"] = {i: n for i, n in enumerate(self.labels.labels)}
+            kwargs["label2id"] = {n: i for i, n in enumerate(self.labels.labels)}
+        return kwargs
+
+    def configure(self, model) -> None:
+        self.labels = LabelSpace.from_config(model.config)
+
+    # -- model inputs
+    def features(self, model, examples, source: Optional[str] = None):
+        return prepare_features(
+            examples, self.tokenizer, self.labels, max_length=self.o.max_length,
+            source=source or self.eval_source, token_type_ids=uses_token_types(model),
+        )
+
+    # -- predictions and metrics
+    def predict(self, model, examples, batch_size):
+        features = self.features(model, examples)
+        if any("labels" not in f for f in features):
+            raise UsageError(f"{self.eval_source}: some examples have no label; metrics need labelled data")
+        preds, scores = predict_labels(model, self.tokenizer, features, self.labels.is_regression, batch_size)
+        return [f["labels"] for f in features], preds, scores
+
+    def metrics(self, examples, predictions):
+        gold, preds, scores = predictions
+        metrics = compute_metrics(self.labels, gold, preds)
+        rows = []
+        for ex, p, s in zip(examples, preds, scores):
+            row = {"text": ex.text}
+            if ex.text_pair is not None:
+                row["text_pair"] = ex.text_pair
+            if self.labels.is_regression:
+                row.update(label=float(self.labels.encode(ex.label)), prediction=p)
+            else:
+                row.update(label=_label_name(ex.label), prediction=self.labels.labels[p], probability=s)
+            rows.append(row)
+        return metrics, {"predictions.jsonl": rows}
+
+
+TASK = ClassificationTask

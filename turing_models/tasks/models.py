@@ -9,20 +9,23 @@
   ``classification``) or of a TuringNLG or GPT-2 decoder (``sft``). Public formats are converted on
   load by the model classes; the tokenizer comes from the same folder unless given.
 
-A checkpoint of the wrong family is refused with one line naming the families the task takes.
+A checkpoint of the wrong family (or, for evaluation, with another task's head) is refused with
+one line naming what the task takes. The task names its head class (:attr:`Task.head`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from turing_models.errors import UsageError
 
+if TYPE_CHECKING:
+    from turing_models.tasks.base import Task
+
 ENCODER_TYPES = {"turing_nlu": "TuringNLU", "bert": "BERT", "roberta": "RoBERTa", "xlm-roberta": "XLM-R"}
 DECODER_TYPES = {"turing_nlg": "TuringNLG", "gpt2": "GPT-2"}
-TASK_FAMILY = {"qa": "encoder", "classification": "encoder", "sft": "decoder"}
 DEFAULT_DECODER_TOKENIZER = "gpt2-bpe"
 
 
@@ -54,8 +57,8 @@ def scale_names(family: str) -> list[str]:
     return list(NLG_SCALES)
 
 
-def read_model_type(name_or_path: str) -> str:
-    """``model_type`` of a checkpoint folder or Hub id, read from its ``config.json``."""
+def read_model_config(name_or_path: str) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint folder or Hub id, as a dict."""
     from transformers import PretrainedConfig
 
     try:
@@ -68,15 +71,19 @@ def read_model_type(name_or_path: str) -> str:
             f"cannot read the model {name_or_path!r}: it is not a {where} with a config.json{hint}; "
             f"cause: {' '.join(str(exc).split())[:200]}"
         ) from None
-    model_type = raw.get("model_type")
-    if not model_type:
+    if not raw.get("model_type"):
         raise UsageError(f"{name_or_path}: config.json has no model_type; is it a transformers checkpoint?")
-    return str(model_type)
+    return raw
 
 
-def check_family(task: str, model_type: str, source: str) -> None:
+def read_model_type(name_or_path: str) -> str:
+    """``model_type`` of a checkpoint folder or Hub id, read from its ``config.json``."""
+    return str(read_model_config(name_or_path)["model_type"])
+
+
+def check_family(task: type[Task], model_type: str, source: str) -> None:
     """Refuse a checkpoint of the wrong family for ``task`` with one clear line."""
-    family = TASK_FAMILY[task]
+    family = task.family
     known = ENCODER_TYPES if family == "encoder" else DECODER_TYPES
     if model_type in known:
         return
@@ -84,36 +91,35 @@ def check_family(task: str, model_type: str, source: str) -> None:
         other = "a decoder" if model_type in DECODER_TYPES else "an encoder"
         other_tasks = "sft" if model_type in DECODER_TYPES else "qa or classification"
         raise UsageError(
-            f"{source} is {other} ({(DECODER_TYPES | ENCODER_TYPES)[model_type]}), but the {task} task takes "
+            f"{source} is {other} ({(DECODER_TYPES | ENCODER_TYPES)[model_type]}), but the {task.name} task takes "
             f"{family}s ({family_names(family)}); give one of those, or use it with --task {other_tasks}"
         )
     raise UsageError(
-        f"{source} has model_type {model_type!r}; the {task} task takes {family}s ({family_names(family)})"
+        f"{source} has model_type {model_type!r}; the {task.name} task takes {family}s ({family_names(family)})"
     )
 
 
-def is_scale_name(task: str, model: str) -> bool:
+def is_scale_name(task: type[Task], model: str) -> bool:
     """Whether ``model`` names a scale of the task's family (and is not a folder of that name)."""
-    return model in scale_names(TASK_FAMILY[task]) and not os.path.isdir(model)
+    return model in scale_names(task.family) and not os.path.isdir(model)
 
 
-def check_model_source(task: str, model: str) -> None:
+def check_model_source(task: type[Task], model: str) -> None:
     """Fail early, with one line, on a ``--model`` the task cannot take."""
     if not model:
-        raise UsageError(f"--model is empty; give a scale name ({', '.join(scale_names(TASK_FAMILY[task]))}), a checkpoint folder or a Hub id")
+        raise UsageError(f"--model is empty; give a scale name ({', '.join(scale_names(task.family))}), a checkpoint folder or a Hub id")
     if not is_scale_name(task, model):
         check_family(task, read_model_type(model), model)
 
 
-def load_task_tokenizer(task: str, model: str, tokenizer: Optional[str]):
+def load_task_tokenizer(task: type[Task], model: str, tokenizer: Optional[str]):
     """The tokenizer named by ``tokenizer``, else the checkpoint's, else the family default."""
     from turing_models.data import load_tokenizer
 
-    family = TASK_FAMILY[task]
     if tokenizer:
         return load_tokenizer(tokenizer)
     if is_scale_name(task, model):
-        return load_tokenizer(default_encoder_tokenizer() if family == "encoder" else DEFAULT_DECODER_TOKENIZER)
+        return load_tokenizer(default_encoder_tokenizer() if task.family == "encoder" else DEFAULT_DECODER_TOKENIZER)
     if os.path.isdir(model) and not any(
         (Path(model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
     ):
@@ -121,42 +127,27 @@ def load_task_tokenizer(task: str, model: str, tokenizer: Optional[str]):
     return load_tokenizer(model)
 
 
-def _head_class(task: str):
-    if task == "qa":
-        from turing_models.nlu import TuringNLUForQuestionAnswering
-
-        return TuringNLUForQuestionAnswering
-    if task == "classification":
-        from turing_models.nlu import TuringNLUForSequenceClassification
-
-        return TuringNLUForSequenceClassification
-    from turing_models.nlg import TuringNLGForCausalLM
-
-    return TuringNLGForCausalLM
-
-
 def build_model(
-    task: str,
+    task: type[Task],
     model: str,
     tokenizer,
     *,
     config_overrides: Optional[dict[str, Any]] = None,
     head_kwargs: Optional[dict[str, Any]] = None,
 ):
-    """The model for ``task``: random init from a scale name, else loaded from a checkpoint.
+    """The model to fine-tune for ``task``: random init from a scale name, else loaded from a checkpoint.
 
     ``config_overrides`` set config fields (shapes for a random init, dropouts for any model).
     ``head_kwargs`` are the head's config fields (e.g. ``num_labels``, ``id2label``,
     ``problem_type``); they are saved with the model. A checkpoint whose head has another shape
     gets a new, randomly initialised head.
     """
-    family = TASK_FAMILY[task]
-    cls = _head_class(task)
+    cls = task.head_class()
     overrides = {**(config_overrides or {}), **(head_kwargs or {})}
     if is_scale_name(task, model):
         vocab = len(tokenizer)
         try:
-            if family == "encoder":
+            if task.family == "encoder":
                 from turing_models.nlu import TuringNLUConfig
 
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -172,7 +163,7 @@ def build_model(
                        "eos_token_id": eos, **overrides},
                 )
         except (TypeError, ValueError) as exc:
-            raise UsageError(f"model_overrides do not make a valid {family} config: {' '.join(str(exc).split())}") from None
+            raise UsageError(f"model_overrides do not make a valid {task.family} config: {' '.join(str(exc).split())}") from None
         return cls(config)
 
     check_family(task, read_model_type(model), model)
@@ -180,3 +171,13 @@ def build_model(
     if head_kwargs:
         kwargs["ignore_mismatched_sizes"] = True
     return cls.from_pretrained(model, **kwargs)
+
+
+def load_saved(task: type[Task], model: str, *, dtype=None, device=None):
+    """A saved model to evaluate on ``task``: its family and head are checked, then it is loaded
+    with the task's head class (public formats are converted on load)."""
+    raw = read_model_config(model)
+    check_family(task, str(raw["model_type"]), model)
+    task.check_head(raw.get("architectures") or [], model)
+    loaded = task.head_class().from_pretrained(model, dtype=dtype)
+    return loaded.to(device) if device is not None else loaded

@@ -12,12 +12,21 @@ The task in four parts:
   tokenizers' overflowing tokens), and map character answers to token start/end positions through
   the offset mapping; a window that does not hold the whole answer (and every window of an
   unanswerable question) points at the CLS token.
-* **head**: a span head over an encoder, ``AutoModelForQuestionAnswering`` (TuringNLU, BERT,
-  RoBERTa, XLM-R).
-* **postprocessing + metric**: :func:`postprocess_predictions` takes the ``n_best`` start/end
-  logits of every window, keeps spans of at most ``max_answer_length`` tokens inside the context,
-  and for v2 compares the best span with the null (CLS) score; :func:`turing_models.tasks.metrics.squad_evaluate`
-  is the official EM/F1 with the HasAns/NoAns breakdown and the best null threshold.
+* **head**: a span head over an encoder, ``TuringNLUForQuestionAnswering`` (from TuringNLU, BERT,
+  RoBERTa and XLM-R checkpoints).
+* **predict + postprocessing**: :func:`predict_logits` runs the eval windows;
+  :func:`postprocess_predictions` takes the ``n_best`` start/end logits of every window, keeps
+  spans of at most ``max_answer_length`` tokens inside the context, and for v2 answers "" when the
+  null (CLS) score beats the best span by more than the null threshold, as transformers'
+  ``utils_qa.py`` does.
+* **metric**: :func:`turing_models.tasks.metrics.squad_evaluate` is the official EM/F1 with the
+  HasAns/NoAns breakdown and the best null threshold.
+* **the null threshold** (v2): ``qa.null_threshold`` (default 0.0), or with
+  ``qa.tune_null_threshold`` the threshold that maximises F1 on a share of the *training*
+  articles held out from training (``qa.null_tune_fraction``), never on the eval set. Either is
+  saved with the model and logged with where it came from.
+
+:class:`QATask` ties these together for ``recipes/finetune.py`` and ``recipes/evaluate.py``.
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+import torch
 
 from turing_models.errors import UsageError
-from turing_models.tasks.common import input_keys
+from turing_models.tasks.base import DataSpec, Task
+from turing_models.tasks.common import evaluating, input_keys, padded_batches, seeded_split, uses_token_types
 from turing_models.tasks.metrics import normalize_answer, squad_evaluate
 
 logger = logging.getLogger(__name__)
@@ -579,3 +590,175 @@ def evaluate_predictions(
     if not version_2:
         return squad_evaluate(result.predictions, references(examples))
     return squad_evaluate(result.best_spans, references(examples), result.null_scores, null_threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QAOptions:
+    """Extractive QA settings (SQuAD v1.1 / v2.0)."""
+
+    max_length: int = 384
+    """Tokens per window (question + context + special tokens)."""
+    doc_stride: int = 128
+    """Overlap between consecutive windows of a long context, in tokens."""
+    max_query_length: int = 64
+    """Questions are cut to this many tokens."""
+    n_best: int = 20
+    """Start and end candidates per window in postprocessing."""
+    max_answer_length: int = 30
+    """Longest answer span, in tokens."""
+    version_2: Optional[bool] = None
+    """Allow "no answer" (SQuAD v2.0); default: when the data has unanswerable questions."""
+    null_threshold: Optional[float] = None
+    """v2: answer "" when null score - best span score > this (default 0.0, as transformers'
+    run_qa.py; evaluate.py: the threshold saved with the model)."""
+    tune_null_threshold: bool = False
+    """v2, fine-tuning: replace null_threshold by the one that maximises F1 on training articles
+    held out from training (never the eval set); saved with the model."""
+    null_tune_fraction: float = 0.1
+    """Share of the training articles held out to tune the null threshold."""
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, features: EvalFeatures, batch_size: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Start / end logits of every eval window, trimmed to the window's length."""
+    starts, ends = [], []
+    with evaluating(model) as device:
+        for i, batch in padded_batches(features.inputs, tokenizer, batch_size, device):
+            out = model(**batch)
+            for j in range(out.start_logits.shape[0]):
+                n = len(features.inputs[i + j]["input_ids"])
+                starts.append(out.start_logits[j, :n].float().cpu().numpy())
+                ends.append(out.end_logits[j, :n].float().cpu().numpy())
+    return starts, ends
+
+
+def _split_for_tuning(train: list[QAExample], fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
+    """(train, held out to tune the null threshold): by article when there are several."""
+    if len({ex.title for ex in train}) >= 2:
+        return split_by_article(train, fraction, seed)
+    return seeded_split(train, fraction, seed)
+
+
+class QATask(Task):
+    """Extractive QA: SQuAD data, windows, span head, n-best postprocessing, EM/F1."""
+
+    name = "qa"
+    family = "encoder"
+    head = "TuringNLUForQuestionAnswering"
+    default_data = "recipes/data/qa/xquad.en.json"
+
+    def __init__(self, options: QAOptions, tokenizer):
+        super().__init__(options, tokenizer)
+        self.reports: list[LoadReport] = []
+        self.saved_version_2 = False
+        self.saved_threshold: Optional[float] = None
+        self.tune: list[QAExample] = []
+        self.tuned_threshold: Optional[float] = None
+        self.token_type_ids: Optional[bool] = None
+
+    # -- data
+    def load(self, source: str, *, split: str, for_training: bool = False) -> list[QAExample]:
+        # every gold text is kept: training_examples() drops misplaced answers from the training side
+        examples, report = load_squad(source, split=split, for_training=False)
+        self.reports.append(report)
+        return examples
+
+    def split(self, examples, eval_fraction, seed):
+        return split_by_article(examples, eval_fraction, seed)
+
+    def training_examples(self, examples, source):
+        return training_examples(examples, source=source)
+
+    @property
+    def version_2(self) -> bool:
+        if self.o.version_2 is not None:
+            return bool(self.o.version_2)
+        return any(r.has_unanswerable for r in self.reports) or self.saved_version_2
+
+    def prepare(self, train, evaluation, spec: DataSpec):
+        if self.o.tune_null_threshold:
+            if not self.version_2:
+                logger.warning("qa.tune_null_threshold is ignored: the data is SQuAD v1.1 (no unanswerable questions)")
+            else:
+                train, self.tune = _split_for_tuning(train, self.o.null_tune_fraction, spec.split_seed)
+        return train
+
+    def describe(self) -> str:
+        text = f", SQuAD v{'2.0' if self.version_2 else '1.1'}"
+        if self.tune:
+            text += f"; {len(self.tune)} training questions held out to tune the null threshold"
+        return text
+
+    # -- settings
+    def configure(self, model) -> None:
+        if self.o.tune_null_threshold:
+            raise UsageError(
+                "qa.tune_null_threshold tunes on held-out training data while fine-tuning, never on the data being "
+                "evaluated; evaluate uses the threshold saved with the model, or give --qa.null_threshold"
+            )
+        self.saved_version_2 = bool(getattr(model.config, "qa_version_2", False))
+        saved = getattr(model.config, "qa_null_threshold", None)
+        self.saved_threshold = None if saved is None else float(saved)
+
+    def null_threshold(self) -> tuple[float, str]:
+        """The threshold in use and where it comes from."""
+        if self.tuned_threshold is not None:
+            return self.tuned_threshold, f"tuned on {len(self.tune)} held-out training questions"
+        if self.o.null_threshold is not None:
+            return float(self.o.null_threshold), "qa.null_threshold"
+        if self.saved_threshold is not None:
+            return self.saved_threshold, "saved with the model"
+        return 0.0, "default"
+
+    def save_settings(self, config) -> None:
+        config.qa_version_2 = self.version_2
+        config.qa_null_threshold = self.null_threshold()[0]
+
+    # -- model inputs
+    def _window_kwargs(self, model) -> dict[str, Any]:
+        return dict(max_length=self.o.max_length, doc_stride=self.o.doc_stride, max_query_length=self.o.max_query_length,
+                    token_type_ids=uses_token_types(model))
+
+    def features(self, model, examples):
+        return prepare_train_features(examples, self.tokenizer, **self._window_kwargs(model))
+
+    # -- predictions and metrics
+    def predict(self, model, examples, batch_size):
+        features = prepare_eval_features(examples, self.tokenizer, **self._window_kwargs(model))
+        starts, ends = predict_logits(model, self.tokenizer, features, batch_size)
+        return features, starts, ends
+
+    def _postprocess(self, examples, predictions, threshold: float) -> QAPredictions:
+        features, starts, ends = predictions
+        return postprocess_predictions(
+            examples, features, starts, ends, n_best=self.o.n_best, max_answer_length=self.o.max_answer_length,
+            version_2=self.version_2, null_threshold=threshold,
+        )
+
+    def evaluate(self, model, examples, batch_size):
+        if self.tune and self.version_2 and self.tuned_threshold is None:
+            result = self._postprocess(self.tune, self.predict(model, self.tune, batch_size), 0.0)
+            tuned = evaluate_predictions(self.tune, result, version_2=True)
+            self.tuned_threshold = float(tuned["best_f1_thresh"])
+        return super().evaluate(model, examples, batch_size)
+
+    def metrics(self, examples, predictions):
+        threshold, source = self.null_threshold()
+        result = self._postprocess(examples, predictions, threshold)
+        metrics = evaluate_predictions(examples, result, version_2=self.version_2, null_threshold=threshold)
+        outputs: dict[str, Any] = {"predictions.json": result.predictions, "nbest.json": result.nbest}
+        if self.version_2:
+            logger.info("qa: no answer when null score - best span score > %.4g (%s)", threshold, source)
+            metrics.update(null_threshold=threshold, null_threshold_source=source)
+            outputs["null_scores.json"] = result.null_scores
+        else:
+            metrics["null_threshold"] = None
+        return metrics, outputs
+
+
+TASK = QATask

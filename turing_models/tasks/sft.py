@@ -10,6 +10,9 @@
 * **head**: the causal LM head of the decoder (``AutoModelForCausalLM``: TuringNLG, GPT-2).
 * **metric**: greedy generation from the prompt (:func:`generate_completions`), scored with
   SQuAD exact match / F1 against the reference completion, plus the loss from the Trainer.
+
+:class:`SFTTask` ties these together for ``recipes/finetune.py`` and ``recipes/evaluate.py``;
+QA data is split by article (no article on both sides), other records by a seeded shuffle.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from turing_models.errors import UsageError
+from turing_models.tasks.base import DataSpec, Task
+from turing_models.tasks.common import evaluating, limit, seeded_split
 from turing_models.tasks.metrics import squad_evaluate
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ class SFTExample:
     prompt: str
     completion: str  # without the leading space; preprocessing adds it
     references: Optional[list[str]] = None  # every acceptable answer, for the metric
+    title: str = ""  # the article of QA data (splits keep an article on one side)
 
 
 def _from_record(record: dict, index: int, source: str) -> SFTExample:
@@ -92,7 +98,7 @@ def from_qa(qa_examples, template: str = QA_TEMPLATE) -> list[SFTExample]:
         if not ex.answers:
             continue
         prompt = template.format(context=ex.context, question=ex.question.strip())
-        out.append(SFTExample(ex.id, prompt, ex.answers[0].strip(), list(ex.answers)))
+        out.append(SFTExample(ex.id, prompt, ex.answers[0].strip(), list(ex.answers), ex.title))
     if not out:
         raise UsageError("the QA data has no answerable question to fine-tune on")
     return out
@@ -158,25 +164,22 @@ def generate_completions(
 
     Prompts longer than ``max_length - max_new_tokens`` keep their last tokens, as in training.
     """
-    model_was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     room = max(1, max_length - max_new_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs = []
-    for prompt in prompts:
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-room:]
-        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=pad_id,
-        )
-        outputs.append(_clean_completion(tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True)))
-    model.train(model_was_training)
+    with evaluating(model) as device:
+        for prompt in prompts:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-room:]
+            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad_id,
+            )
+            outputs.append(_clean_completion(tokenizer.decode(generated[0, len(ids) :], skip_special_tokens=True)))
     return outputs
 
 
@@ -185,3 +188,70 @@ def evaluate_generations(examples: Sequence[SFTExample], generations: Sequence[s
     predictions = {ex.id: g for ex, g in zip(examples, generations)}
     refs = {ex.id: ex.references or [ex.completion] for ex in examples}
     return squad_evaluate(predictions, refs)
+
+
+# --------------------------------------------------------------------------------------------
+# The task
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTOptions:
+    """Generative fine-tuning settings (decoders)."""
+
+    max_length: int = 512
+    """Tokens of prompt + completion; longer prompts lose tokens from the left."""
+    template: str = QA_TEMPLATE
+    """Prompt built from QA data ({context}, {question})."""
+    max_new_tokens: int = 32
+    """Generation length for the eval metric."""
+    max_generate: Optional[int] = None
+    """Generate for at most this many eval examples (None: all)."""
+
+
+class SFTTask(Task):
+    """Generative fine-tuning: prompt -> completion, loss on the completion, EM/F1 of generations."""
+
+    name = "sft"
+    family = "decoder"
+    head = "TuringNLGForCausalLM"
+    default_data = "recipes/data/qa/xquad.en.json"
+
+    def load_finetune(self, spec: DataSpec):
+        if self.tokenizer.eos_token_id is None:
+            raise UsageError("sft needs a tokenizer with an eos_token; pass --tokenizer")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token  # saved with the model: batched generation needs one
+        return super().load_finetune(spec)
+
+    def load(self, source: str, *, split: str, for_training: bool = False) -> list[SFTExample]:
+        return load_sft(source, template=self.o.template, split=split, for_training=for_training)
+
+    def split(self, examples, eval_fraction, seed):
+        if examples and all(ex.title for ex in examples):  # QA data: by article
+            from turing_models.tasks.qa import split_by_article
+
+            return split_by_article(examples, eval_fraction, seed)
+        return seeded_split(examples, eval_fraction, seed)
+
+    def features(self, model, examples):
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context is not None and self.o.max_length > context:
+            raise UsageError(f"sft.max_length {self.o.max_length} exceeds the model's context of {context} tokens; lower sft.max_length")
+        return prepare_features(examples, self.tokenizer, max_length=self.o.max_length)
+
+    def collate_fn(self):
+        return SFTCollator(self.tokenizer)
+
+    def predict(self, model, examples, batch_size):
+        examples = limit(examples, self.o.max_generate)
+        prompts = [ex.prompt for ex in examples]
+        return examples, generate_completions(model, self.tokenizer, prompts, max_new_tokens=self.o.max_new_tokens, max_length=self.o.max_length)
+
+    def metrics(self, examples, predictions):
+        examples, generations = predictions
+        rows = [{"id": ex.id, "prediction": g, "references": ex.references or [ex.completion]} for ex, g in zip(examples, generations)]
+        return evaluate_generations(examples, generations), {"predictions.jsonl": rows}
+
+
+TASK = SFTTask

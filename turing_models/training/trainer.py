@@ -1,4 +1,4 @@
-"""The shared Trainer (DESIGN.md principle 5).
+"""The shared Trainer: the training loop.
 
 Pretraining and fine-tuning differ only in the model, the data and the loss the task supplies;
 the Trainer owns everything else, on top of :class:`accelerate.Accelerator`:
@@ -10,6 +10,9 @@ the Trainer owns everything else, on top of :class:`accelerate.Accelerator`:
 * logging: a tqdm bar (loss, lr, tokens/s, MFU, ETA), ``metrics.jsonl``, TensorBoard if installed;
 * evaluation, checkpoint / resume (bitwise on CPU), SIGTERM/SIGINT handling, NaN/inf skipping,
   and the final consolidated ``save_pretrained`` export.
+
+Engine setup lives in :mod:`.engine`, checkpoints (save, verify, resume) in :mod:`.checkpointer`;
+this module is the loop.
 
 Datasets: a map-style dataset is shuffled and sharded across ranks by the trainer; an
 ``IterableDataset`` (e.g. :class:`turing_models.data.PackedDataset`) shards itself, and its
@@ -26,6 +29,7 @@ import math
 import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -33,84 +37,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..errors import UsageError
+from ..io import atomic_directory, raise_if_disk_full
 from . import checkpoint as ckpt
+from .checkpointer import Checkpointer, translate_position
 from .config import TrainerConfig, save_config_yaml
-from .flops import device_peak_flops, model_flops_per_token
+from .engine import DISTRIBUTED_DIR, build_accelerator, fill_deepspeed_config  # noqa: F401  (re-exported)
+from .engine import resolve_precision
+from .flops import device_peak_flops, mfu, model_flops_per_token
 from .optim import build_optimizer, build_scheduler
+from .parallel import TrainerParallel
 
 logger = logging.getLogger(__name__)
-
-DISTRIBUTED_DIR = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "distributed"
 
 
 class TrainingStopped(RuntimeError):
     """Too many non-finite losses in a row."""
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def build_accelerator(config: TrainerConfig, accumulation: int):
-    """An Accelerator for ``config``: the engine named by ``config.distributed`` (under torchrun),
-    else whatever ``accelerate launch`` configured through its environment."""
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
-
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    kwargs: dict[str, Any] = dict(mixed_precision=mixed, gradient_accumulation_steps=accumulation,
-                                  step_scheduler_with_optimizer=False)
-    engine = config.distributed
-    if engine == "fsdp2":
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,
-            state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False,
-        )
-    elif engine.startswith("zero"):
-        path = DISTRIBUTED_DIR / f"ds_{engine}.json"
-        ds_config = json.loads(path.read_text())
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds_config)
-    if not torch.cuda.is_available() and not engine.startswith("zero"):
-        kwargs["cpu"] = True  # DeepSpeed runs on its CPU accelerator only when cpu is not forced
-    accelerator = Accelerator(**kwargs)
-    if (accelerator.distributed_type == DistributedType.DEEPSPEED and not torch.cuda.is_available()
-            and torch.distributed.is_initialized()):
-        # DeepSpeed's CPU accelerator (the CPU test-suite): Accelerate initialises the process group
-        # through DeepSpeed but, with no device backend, records a single process; fix the ranks.
-        from accelerate import PartialState
-
-        for state in (PartialState(), accelerator.state):
-            state.num_processes = torch.distributed.get_world_size()
-            state.process_index = torch.distributed.get_rank()
-            state.local_process_index = int(os.environ.get("LOCAL_RANK", "0"))
-            state.backend = torch.distributed.get_backend()
-    if engine == "fsdp2" and accelerator.distributed_type == DistributedType.MULTI_CPU:
-        # Accelerate turns FSDP on for accelerator devices only; FSDP2 (fully_shard) itself runs on
-        # CPU with gloo, which the CPU test-suite uses, so switch it on here.
-        from accelerate import PartialState
-
-        PartialState().distributed_type = DistributedType.FSDP
-        accelerator.state.distributed_type = DistributedType.FSDP
-        accelerator.state.fsdp_plugin = kwargs["fsdp_plugin"]
-    return accelerator
-
-
-def _fill_deepspeed_config(accelerator, config: TrainerConfig, accumulation: int) -> None:
-    """Write this run's batch and clipping numbers into the DeepSpeed config (no "auto" left)."""
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = config.micro_batch_size
-    ds["gradient_accumulation_steps"] = accumulation
-    ds["train_batch_size"] = config.global_batch_size
-    ds["gradient_clipping"] = config.grad_clip
-    ds["zero_allow_untested_optimizer"] = True
-    ds.setdefault("zero_force_ds_cpu_optimizer", False)
-    ds["steps_per_print"] = 1 << 30
 
 
 class Trainer:
@@ -141,16 +82,16 @@ class Trainer:
         from accelerate.utils import DistributedType, set_seed
 
         self.config = config
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.accumulation = config.validate(world)
         set_seed(config.seed)
-        self.accelerator = build_accelerator(config, self.accumulation)
-        acc = self.accelerator
-        if acc.num_processes != world:  # launched by a tool that does not set WORLD_SIZE
-            self.accumulation = config.validate(acc.num_processes)
-            acc.gradient_accumulation_steps = self.accumulation
+        self.accelerator = acc = build_accelerator(config, 1)
+        self.accumulation = config.validate(acc.num_processes)  # the one place the config is checked
+        acc.gradient_accumulation_steps = self.accumulation
         self.is_deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
-        _fill_deepspeed_config(acc, config, self.accumulation)
+        fill_deepspeed_config(acc, config, self.accumulation)
+        # train.parallel (tensor / 2-D parallelism): the mesh, and the data rank a TP group shares
+        self.parallel = TrainerParallel.create(config, acc, resolve_precision(config.precision))
+        self.data_rank, self.data_world = ((self.parallel.data_rank, self.parallel.data_world) if self.parallel
+                                           else (acc.process_index, acc.num_processes))
 
         self.run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.run_name
         self.checkpoints_dir = self.run_dir / "checkpoints"
@@ -171,10 +112,15 @@ class Trainer:
                 model.config.use_cache = False
         self.n_model_params = sum(p.numel() for p in model.parameters())
         self._flops_model = model  # read its shape before wrapping
-        optimizer = build_optimizer(model, config)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.parallel is not None:  # train.parallel: sharded here (TP + FSDP2); Accelerate wraps the optimizer
+            model = self.parallel.prepare_model(model)
+            self.model, self.optimizer = model, acc.prepare(build_optimizer(model, config))
+        else:
+            optimizer = build_optimizer(model, config)
+            self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = build_scheduler(self._base_optimizer(), config)
-        acc.register_for_checkpointing(self.scheduler)
+        self.checkpointer = Checkpointer(acc, self.model, self.optimizer, self.scheduler, self.checkpoints_dir,
+                                         keep_last=config.keep_last, log=self._log)
         if config.compile:
             self.model = torch.compile(self.model)
 
@@ -184,9 +130,10 @@ class Trainer:
         self.batches_in_epoch = 0
         self.bad_steps_in_row = 0
         self.bad_steps_total = 0
+        self.grad_norm: Optional[float] = None
         self.losses: list[float] = []
         self.eval_history: list[dict] = []
-        self._stop_requested = False
+        self.stop_signal: Optional[str] = None
         self._data_iter: Optional[Iterator] = None
         self._flops_per_token: Optional[float] = None
         self._peak = config.peak_flops
@@ -228,14 +175,13 @@ class Trainer:
                               drop_last=train, generator=generator)
         from torch.utils.data import DistributedSampler
 
-        acc = self.accelerator
         if train:
-            sampler = DistributedSampler(dataset, num_replicas=acc.num_processes, rank=acc.process_index,
+            sampler = DistributedSampler(dataset, num_replicas=self.data_world, rank=self.data_rank,
                                          shuffle=True, seed=self.config.seed, drop_last=True)
             sampler.set_epoch(epoch)
             indices = list(sampler)[skip_batches * micro:]
         else:
-            indices = list(range(acc.process_index, len(dataset), acc.num_processes))
+            indices = list(range(self.data_rank, len(dataset), self.data_world))
         return DataLoader(dataset, batch_size=micro, sampler=indices, collate_fn=self.collate_fn,
                           num_workers=self.config.num_workers, drop_last=train, generator=generator)
 
@@ -269,22 +215,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _install_signal_handlers(self):
+    @contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step; a second
+        signal stops at once. The previous handlers come back afterwards."""
         previous = {}
 
         def handler(signum, frame):
-            if self._stop_requested:  # second signal: stop now
+            if self.stop_signal is not None:  # second signal: stop now
                 signal.signal(signum, previous.get(signum) or signal.SIG_DFL)
                 raise KeyboardInterrupt
-            self._stop_requested = True
-            self._log(f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step")
+            self.stop_signal = signal.Signals(signum).name
+            self._log(f"received {self.stop_signal}: saving a checkpoint at the end of this step")
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 previous[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread
                 pass
-        return previous
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _flags(self, *values: bool) -> list[bool]:
         """Any-of across ranks for a few booleans (one collective)."""
@@ -305,7 +258,7 @@ class Trainer:
             if self._flops_per_token is None and "input_ids" in batch:
                 self._flops_per_token = model_flops_per_token(self._flops_model, batch["input_ids"].shape[-1])
             n_tokens = batch["input_ids"].numel() if "input_ids" in batch else 0
-            self.tokens_seen += n_tokens * acc.num_processes
+            self.tokens_seen += n_tokens * self.data_world
             with acc.accumulate(model):
                 loss = self.compute_loss(batch)
                 gathered = acc.gather(loss.detach().float().reshape(1))
@@ -338,7 +291,8 @@ class Trainer:
         self.bad_steps_in_row = 0
         self.grad_norm = None
         if self.config.grad_clip > 0:
-            norm = acc.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+            clip = self.parallel.clip_grad_norm_ if self.parallel is not None else acc.clip_grad_norm_
+            norm = clip(model.parameters(), self.config.grad_clip)
             self.grad_norm = float(norm) if norm is not None else None
         self.optimizer.step()
         self.scheduler.step()
@@ -350,73 +304,103 @@ class Trainer:
 
     def fit(self, resume: Optional[str] = None, run_config: Any = None) -> dict[str, Any]:
         """Train to ``config.max_steps`` (resuming first when asked). Returns a summary dict with
-        ``status`` "completed" or "interrupted" (a checkpoint was saved on SIGTERM/SIGINT).
+        ``status`` "completed" or "interrupted" (a checkpoint was saved on SIGTERM/SIGINT; the
+        summary's ``signal`` names it).
 
         ``run_config``: the recipe's resolved config (a dataclass), written as ``run_dir/config.yaml``
         once the resume checks have passed (a refused resume leaves the run's file as it was)."""
-        cfg, acc = self.config, self.accelerator
+        cfg = self.config
         if resume:
             self.resume(resume)
         if run_config is not None:
             self.save_run_config(run_config)
-        if self._peak is None:
-            self._peak = device_peak_flops(acc.device)
         self._open_logs()
-        previous_handlers = self._install_signal_handlers()
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
-                   desc=f"train {cfg.run_name}", dynamic_ncols=True, unit="step")
         status = "completed"
-        window_start, window_tokens, window_losses = time.perf_counter(), self.tokens_seen, []
-        last_save = time.monotonic()
-        try:
+        with self._stop_on_signals(), self._progress() as bar:
             while self.step < cfg.max_steps:
                 loss = self.train_step()
-                if loss is not None:
-                    window_losses.append(loss)
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    tps = (self.tokens_seen - window_tokens) / max(elapsed, 1e-9)
-                    record = {
-                        "step": self.step,
-                        "loss": sum(window_losses) / len(window_losses) if window_losses else float("nan"),
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "tokens": self.tokens_seen,
-                        "tokens_per_s": tps,
-                    }
-                    if self._flops_per_token:
-                        record["mfu"] = tps * self._flops_per_token / (self._peak * acc.num_processes)
-                    if getattr(self, "grad_norm", None) is not None:
-                        record["grad_norm"] = self.grad_norm
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
-                                    tok_s=f"{tps:,.0f}", mfu=f"{record.get('mfu', 0):.1%}")
-                    self._write_metrics(record)
-                    window_start, window_tokens, window_losses = time.perf_counter(), self.tokens_seen, []
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps \
-                        and self.eval_dataset is not None:
+                self._log_progress(loss, bar)
+                if self._eval_due():
                     self.evaluate()
-                time_due = bool(cfg.save_every_minutes) and (time.monotonic() - last_save) >= 60 * cfg.save_every_minutes
-                stop, time_due = self._flags(self._stop_requested, time_due)
-                step_due = bool(cfg.save_every_steps) and self.step % cfg.save_every_steps == 0
+                stop, save = self._stop_or_save_due()
                 if stop:
                     self.save_checkpoint()
                     status = "interrupted"
                     break
-                if (step_due or time_due) and self.step < cfg.max_steps:
+                if save:
                     self.save_checkpoint()
-                    last_save = time.monotonic()
-        finally:
-            bar.close()
-            for sig, old in previous_handlers.items():
-                signal.signal(sig, old)
+        if status == "completed" and self._saves_enabled() and not self._checkpointed(self.step):
+            self.save_checkpoint()
         summary = {"status": status, "step": self.step, "tokens": self.tokens_seen,
                    "loss": self.losses[-1] if self.losses else None, "skipped_steps": self.bad_steps_total}
-        if status == "completed" and (cfg.save_every_steps or cfg.save_every_minutes):
-            if not ckpt.is_complete(self.checkpoints_dir / ckpt.step_dir_name(self.step)):
-                self.save_checkpoint()
+        if status == "interrupted":
+            summary["signal"] = self.stop_signal
         return summary
+
+    # ------------------------------------------------------------------ loop parts
+
+    @contextmanager
+    def _progress(self):
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.accelerator
+        if self._peak is None:
+            self._peak = device_peak_flops(acc.device)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (acc.is_main_process and cfg.progress),
+                   desc=f"train {cfg.run_name}", dynamic_ncols=True, unit="step")
+        self._window = (time.perf_counter(), self.tokens_seen, [])
+        self._last_save = time.monotonic()
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    def _log_progress(self, loss: Optional[float], bar) -> None:
+        """Every ``log_every`` steps: loss, lr, tokens/s and MFU to the bar and metrics.jsonl."""
+        cfg, acc = self.config, self.accelerator
+        started, tokens, losses = self._window
+        if loss is not None:
+            losses.append(loss)
+        if self.step % cfg.log_every and self.step != cfg.max_steps:
+            return
+        elapsed = time.perf_counter() - started
+        tps = (self.tokens_seen - tokens) / max(elapsed, 1e-9)
+        record = {"step": self.step, "loss": sum(losses) / len(losses) if losses else float("nan"),
+                  "lr": self.scheduler.get_last_lr()[0], "tokens": self.tokens_seen, "tokens_per_s": tps}
+        if self._flops_per_token:
+            record["mfu"] = mfu(tps, self._flops_per_token, self._peak, acc.num_processes)
+        if self.grad_norm is not None:
+            record["grad_norm"] = self.grad_norm
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tps:,.0f}",
+                        mfu=f"{record.get('mfu', 0):.1%}")
+        self._write_metrics(record)
+        self._window = (time.perf_counter(), self.tokens_seen, [])
+
+    def _eval_due(self) -> bool:
+        cfg = self.config
+        return (bool(cfg.eval_every) and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps
+                and self.eval_dataset is not None)
+
+    def _saves_enabled(self) -> bool:
+        return bool(self.config.save_every_steps or self.config.save_every_minutes)
+
+    def _stop_or_save_due(self) -> tuple[bool, bool]:
+        """(a signal asked to stop on any rank, a periodic checkpoint is due): one collective."""
+        cfg = self.config
+        minutes = cfg.save_every_minutes
+        time_due = bool(minutes) and (time.monotonic() - self._last_save) >= 60 * minutes
+        stop, time_due = self._flags(self.stop_signal is not None, time_due)
+        if stop and self.stop_signal is None:
+            self.stop_signal = "SIGTERM"  # delivered to another rank
+        step_due = bool(cfg.save_every_steps) and self.step % cfg.save_every_steps == 0
+        save = (step_due or time_due) and self.step < cfg.max_steps
+        if save:
+            self._last_save = time.monotonic()
+        return stop, save
+
+    def _checkpointed(self, step: int) -> bool:
+        return ckpt.why_incomplete(self.checkpoints_dir / ckpt.step_dir_name(step), check_hashes=False) is None
 
     # ------------------------------------------------------------------ evaluation
 
@@ -471,9 +455,20 @@ class Trainer:
     def _write_metrics(self, record: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        file = self.run_dir / "metrics.jsonl"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(file, "a") as f:
+                end = f.tell()
+                try:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+                except OSError:
+                    f.truncate(end)  # no half line
+                    raise
+        except OSError as exc:
+            raise_if_disk_full(exc, file)
+            raise
         if self._writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -482,83 +477,72 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _data_state(self) -> dict:
+        """This rank's data position: micro-batches into the epoch (with the batch geometry that
+        lets another world size continue it), a streamed dataset's own state, a collator's RNG."""
         ds = self.train_dataset
-        state: dict[str, Any] = {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+        state: dict[str, Any] = {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+                                 "micro_batch_size": self.config.micro_batch_size,
+                                 "world_size": self.data_world}
         if isinstance(ds, IterableDataset) and hasattr(ds, "state_dict"):
             state["dataset"] = ds.state_dict()
         if hasattr(self.collate_fn, "state_dict"):  # e.g. an MLM collator's masking RNG
             state["collator"] = self.collate_fn.state_dict()
         return state
 
+    def _load_data_state(self, data: dict, path: Path) -> None:
+        """Continue the epoch where the checkpoint stopped, at this run's world size: the samples
+        all ranks consumed so far are dealt again to no one, whatever the number of processes."""
+        world, micro = self.data_world, self.config.micro_batch_size
+        saved_world = int(data.get("world_size", world))
+        saved_micro = int(data.get("micro_batch_size", micro))
+        self.epoch = int(data["epoch"])
+        consumed = int(data["batches_in_epoch"]) * saved_micro * saved_world  # samples, all ranks
+        self.batches_in_epoch = translate_position(consumed, micro, world, f"checkpoint {path}")
+        if "collator" in data and hasattr(self.collate_fn, "load_state_dict"):
+            self.collate_fn.load_state_dict(data["collator"])
+        ds = self.train_dataset
+        if "dataset" in data and hasattr(ds, "load_state_dict"):
+            ds_state = dict(data["dataset"])
+            if "position" in ds_state and ds_state.get("world_size", world) != world:
+                samples = int(ds_state["position"]) * int(ds_state["world_size"])
+                ds_state["position"] = translate_position(samples, 1, world, f"checkpoint {path}")
+                ds_state["world_size"] = world
+            ds.load_state_dict(ds_state)
+        elif isinstance(ds, IterableDataset) and self.batches_in_epoch:
+            if saved_world != world:
+                raise UsageError(f"checkpoint {path} was saved by {saved_world} processes and its dataset keeps no "
+                                 f"position of its own; resume it with {saved_world} processes")
+            it = iter(self._loader(ds, train=True, epoch=self.epoch))  # no state: replay to the position
+            for _ in range(self.batches_in_epoch):
+                next(it)
+            self._data_iter = it
+
     def save_checkpoint(self) -> Path:
-        """Write a complete checkpoint for the current step (temporary name, then rename)."""
-        acc = self.accelerator
-        final = self.checkpoints_dir / ckpt.step_dir_name(self.step)
-        tmp = self.checkpoints_dir / f".tmp-{final.name}"
-        if acc.is_main_process:
-            self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.clear_partial(self.checkpoints_dir)
-            if final.exists():
-                ckpt.remove_tree(final)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        torch.save(self._data_state(), tmp / f"data_state_{acc.process_index}.pt")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "bad_steps_total": self.bad_steps_total,
-                "world_size": acc.num_processes,
-                "global_batch_size": self.config.global_batch_size,
-                "model": self.fingerprint,
-                "losses": self.losses,
-            }
-            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, state)
-            ckpt.fsync_dir(tmp)
-            os.replace(tmp, final)
-            ckpt.fsync_dir(self.checkpoints_dir)
-            ckpt.prune(self.checkpoints_dir, self.config.keep_last)
-        acc.wait_for_everyone()
-        self._log(f"saved checkpoint {final}")
-        return final
+        """Write a complete, verifiable checkpoint of the current step (every rank calls it)."""
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "bad_steps_total": self.bad_steps_total,
+                 "global_batch_size": self.config.global_batch_size, "model": self.fingerprint,
+                 "losses": self.losses}
+        return self.checkpointer.save(self.step, state, self._data_state())
 
     def resume(self, resume: str) -> Optional[Path]:
-        """Load ``resume`` ("auto": the newest complete checkpoint of this run, if any)."""
-        acc = self.accelerator
-        if resume == "auto":
-            path = ckpt.latest_checkpoint(self.checkpoints_dir)
-            if path is None:
-                self._log(f"no checkpoint in {self.checkpoints_dir}: starting from scratch")
-                return None
-        else:
-            path = Path(resume)
+        """Load ``resume``: a step folder, or "auto": the newest checkpoint of this run whose
+        manifest verifies (walking back past damaged ones, saying why). None: nothing to resume."""
+        path = self.checkpointer.find(resume)
+        if path is None:
+            return None
         state = ckpt.read_state(path)
         ckpt.check_fingerprint(state.get("model", {}), self.fingerprint, path)
-        if state.get("world_size", 1) != acc.num_processes and self.is_deepspeed:
-            raise UsageError(f"checkpoint {path} was written by {state['world_size']} DeepSpeed processes; "
-                             f"resume it with the same number (now {acc.num_processes})")
-        acc.load_state(str(path))
-        data_file = path / f"data_state_{acc.process_index}.pt"
-        if data_file.is_file():
-            data = torch.load(data_file, weights_only=False)
-            self.epoch = data["epoch"]
-            self.batches_in_epoch = data["batches_in_epoch"]
-            if "collator" in data and hasattr(self.collate_fn, "load_state_dict"):
-                self.collate_fn.load_state_dict(data["collator"])
-            ds = self.train_dataset
-            if "dataset" in data and hasattr(ds, "load_state_dict"):
-                ds.load_state_dict(data["dataset"])
-            elif isinstance(ds, IterableDataset) and self.batches_in_epoch:
-                it = iter(self._loader(ds, train=True, epoch=self.epoch))  # no state: replay to the position
-                for _ in range(self.batches_in_epoch):
-                    next(it)
-                self._data_iter = it
-        self.step = state["step"]
-        self.tokens_seen = state["tokens_seen"]
-        self.bad_steps_total = state.get("bad_steps_total", 0)
-        self.losses = list(state.get("losses", []))
-        self._log(f"resumed from {path} at step {self.step}")
+        state, data = self.checkpointer.load(path, state)
+        self._data_iter = None
+        self._load_data_state(data, path)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.bad_steps_total = int(state.get("bad_steps_total", 0))
+        self.losses = [float(x) for x in state.get("losses", [])]
+        saved_world = state.get("world_size", self.accelerator.num_processes)
+        resized = f" (saved by {saved_world} processes, now {self.accelerator.num_processes})" \
+            if saved_world != self.accelerator.num_processes else ""
+        self._log(f"resumed from {path} at step {self.step}{resized}")
         return path
 
     # ------------------------------------------------------------------ export
@@ -572,22 +556,21 @@ class Trainer:
 
     def save_final(self, path: Optional[str | os.PathLike] = None) -> Path:
         """A consolidated ``save_pretrained`` folder (+ tokenizer), gathered from FSDP2 / ZeRO-3
-        shards where needed; written under a temporary name and renamed. Default ``run_dir/final``."""
+        shards where needed; written under a temporary name, with a manifest, and renamed.
+        Default ``run_dir/final``."""
         acc = self.accelerator
         final = Path(path) if path is not None else self.run_dir / "final"
-        state_dict = acc.get_state_dict(self.model)
+        if self.parallel is not None:  # train.parallel: DTensor shards gathered to full tensors
+            state_dict = self.parallel.full_state_dict(self.model)
+        else:
+            state_dict = acc.get_state_dict(self.model)
         if acc.is_main_process:
-            tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-            if tmp.exists():
-                ckpt.remove_tree(tmp)
-            model = acc.unwrap_model(self.model)
-            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-            if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp)
-            ckpt.fsync_dir(tmp)
-            if final.exists():
-                ckpt.remove_tree(final)
-            os.replace(tmp, final)
+            ckpt.clean_stale(final.parent)
+            with atomic_directory(final, overwrite=True, manifest=True) as tmp:
+                model = acc.unwrap_model(self.model)
+                model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(tmp)
         acc.wait_for_everyone()
         self._log(f"saved final model to {final}")
         return final

@@ -7,7 +7,7 @@ import torch
 import transformers
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-from turing_models.convert.bert import export_to_hf
+from turing_models.nlu.adapter_bert import export_to_hf
 from turing_models.nlu import (
     TuringNLUForMaskedLM,
     TuringNLUForQuestionAnswering,
@@ -16,7 +16,7 @@ from turing_models.nlu import (
     TuringNLUModel,
 )
 
-from nlu_helpers import make_batch
+from factories import make_batch, make_hf
 
 OURS = {
     "Model": TuringNLUModel,
@@ -146,3 +146,23 @@ def test_qa_loss_ignores_padding(hf_folder):
     e_logits = ref.end_logits.masked_fill(pad, -1e30)
     expected = (torch.nn.functional.cross_entropy(s_logits, starts) + torch.nn.functional.cross_entropy(e_logits, ends)) / 2
     torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_in_memory_key_map_round_trips(kind):
+    """transformers -> TuringNLU -> transformers is the identity, q / k / v fused per head and split back."""
+    from turing_models.nlu.adapter_bert import config_from_hf, state_dict_from_hf, state_dict_to_hf
+
+    hf_model = make_hf(kind, "ForMaskedLM")
+    config = config_from_hf(hf_model.config.to_dict())
+    ref = {k: v for k, v in hf_model.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
+    ours = state_dict_from_hf(ref, config)
+    heads, dim = config.num_attention_heads, config.head_dim
+    prefix = "bert." if kind == "bert" else "roberta."
+    qkv = ours["encoder.layers.1.attention.qkv.bias"].view(heads, 3, dim)
+    assert torch.equal(qkv[2, 1], ref[prefix + "encoder.layer.1.attention.self.key.bias"].view(heads, dim)[2])
+    back = state_dict_to_hf(ours, kind, heads)
+    decoder = {k for k in ref if k.endswith("decoder.weight") or k.endswith("decoder.bias")}
+    assert set(ref) - decoder <= set(back)
+    for key in set(ref) - decoder:
+        assert torch.equal(back[key], ref[key]), key

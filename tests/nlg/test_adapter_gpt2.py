@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nlg_helpers import GPT2_SHAPES, make_hub_snapshot, read_json, save_gpt2, tiny_model
+from factories import GPT2_SHAPES, make_hub_snapshot, nlg_model, read_json, save_gpt2
 
-from turing_models.convert import export_gpt2
+from turing_models.nlg.adapter_gpt2 import export_gpt2
 from turing_models.nlg import TuringNLG, TuringNLGModel
 
 
@@ -23,7 +23,7 @@ def _batch(vocab, seed=0):
 def test_gpt2_logits_and_greedy_tokens_match(gpt2_folders, name):
     folder, gpt2 = gpt2_folders[name]
     ours = TuringNLG.from_pretrained(folder)
-    assert not ours.training and ours.config.activation == "gelu_tanh"
+    assert not ours.training and ours.config.hidden_act == "gelu_tanh"
     assert ours.config.tie_word_embeddings == gpt2.config.tie_word_embeddings
     ids, mask = _batch(gpt2.config.vocab_size)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -52,7 +52,7 @@ def test_export_round_trip(gpt2_folders, tmp_path):
     for key, value in back.state_dict().items():
         assert torch.equal(value, ref[key]), key
     # and a native TuringNLG folder exports too, padded vocabulary rows dropped
-    model = tiny_model(activation="gelu_tanh")
+    model = nlg_model(hidden_act="gelu_tanh")
     model.save_pretrained(tmp_path / "nlg")
     export_gpt2(tmp_path / "nlg", tmp_path / "gpt2b")
     again = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2b").eval()
@@ -106,16 +106,18 @@ def test_gpt2_dtype_and_generation_config(tmp_path):
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_streamed_conversion_in_small_chunks_is_exact(gpt2_folders, monkeypatch, dtype):
     """Large tensors are read in row chunks (one short-lived mapping each): same values, any dtype."""
-    import turing_models.convert.gpt2 as gpt2_convert
+    import turing_models.layers.state_dict_adapter as loading
+    from turing_models.layers.tensor_parallel import interleave_qkv
 
-    monkeypatch.setattr(gpt2_convert, "_CHUNK_BYTES", 3000)  # a few rows per chunk, uneven last chunk
+    monkeypatch.setattr(loading, "CHUNK_BYTES", 3000)  # a few rows per chunk, uneven last chunk
     folder, gpt2 = gpt2_folders["l1-h128-a8-untied"]
     ours = TuringNLG.from_pretrained(folder, dtype=dtype)
     ref = gpt2.state_dict()
     want = dtype or torch.float32
     pairs = {
         "model.embed_tokens.weight": ref["transformer.wte.weight"],
-        "model.layers.0.attention.qkv.weight": ref["transformer.h.0.attn.c_attn.weight"].t(),
+        "model.layers.0.attention.qkv.weight": interleave_qkv(ref["transformer.h.0.attn.c_attn.weight"].t(), 8),
+        "model.layers.0.attention.qkv.bias": interleave_qkv(ref["transformer.h.0.attn.c_attn.bias"], 8),
         "model.layers.0.mlp.fc_out.weight": ref["transformer.h.0.mlp.c_proj.weight"].t(),
         "model.layers.0.mlp.fc_in.bias": ref["transformer.h.0.mlp.c_fc.bias"],
         "lm_head.weight": ref["lm_head.weight"],
@@ -139,3 +141,21 @@ def test_gpt2_pytorch_model_bin_converts_too(gpt2_folders, tmp_path):
     ids = torch.randint(0, 300, (2, 9))
     with torch.no_grad():
         assert (ours(ids).logits.float() - gpt2(ids).logits).abs().max().item() < 1e-5
+
+
+def test_in_memory_key_map_round_trips_and_lays_qkv_out_per_head(gpt2_folders):
+    """gpt2 -> TuringNLG -> gpt2 is the identity; the fused qkv rows are [heads, 3, head_dim]."""
+    from turing_models.nlg.adapter_gpt2 import gpt2_config_to_nlg, gpt2_to_nlg_state_dict, nlg_to_gpt2_state_dict
+
+    _, gpt2 = gpt2_folders["l2-h64-a4"]
+    config = gpt2_config_to_nlg(gpt2.config)
+    ref = {k: v for k, v in gpt2.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    ours = gpt2_to_nlg_state_dict(ref, config)
+    heads, dim = config.num_attention_heads, config.head_dim
+    c_attn = ref["transformer.h.0.attn.c_attn.weight"].t()  # [3 * hidden, hidden], rows [q | k | v]
+    qkv = ours["model.layers.0.attention.qkv.weight"].view(heads, 3, dim, -1)
+    assert torch.equal(qkv[1, 2], c_attn.view(3, heads, dim, -1)[2, 1])  # head 1's value rows
+    back = nlg_to_gpt2_state_dict(ours, config)
+    assert set(back) == set(ref) - {"lm_head.weight"}  # tied: the head is the embedding
+    for key, value in back.items():
+        assert torch.equal(value, ref[key]), key
