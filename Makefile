@@ -51,9 +51,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/load.py
 	$(PY) benchmarks/onnx.py
 
-# on a GPU machine: kernel tests + benchmarks against the goals, < 8 min (kernels/gpu_check.py); elsewhere exit 2
+# on a GPU machine: kernel tests + benchmarks against the goals, < 8 min (benchmarks/gpu_check.py); elsewhere exit 2
 gpu-check:
-	@$(PYTHON) kernels/gpu_check.py
+	@$(PYTHON) benchmarks/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -68,25 +68,25 @@ SHAKESPEARE = ROOT / "recipes" / "data" / "tinyshakespeare.txt"
 class Settings:
     """What both sides share."""
 
-    qa_steps: int = 100
+    qa_steps: int = 600
     qa_batch: int = 16
     qa_lr: float = 1e-3
-    qa_warmup: int = 10
+    qa_warmup: int = 60
     max_length: int = 256
     doc_stride: int = 64
     max_query_length: int = 64
     n_best: int = 20
     max_answer_length: int = 30
     null_threshold: float = 0.0
-    cls_steps: int = 80
+    cls_steps: int = 300
     cls_batch: int = 32
     cls_lr: float = 1e-3
-    cls_warmup: int = 8
+    cls_warmup: int = 30
     cls_max_length: int = 64
     weight_decay: float = 0.0
     eval_batch: int = 64
     # the MLM-pretrained checkpoint (when no --model is given)
-    mlm_steps: int = 160
+    mlm_steps: int = 1500
     mlm_batch: int = 32
     mlm_seq_len: int = 128
     mlm_lr: float = 1e-3

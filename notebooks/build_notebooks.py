@@ -250,14 +250,14 @@ labels[::7] = -100
 check("linear cross-entropy (ignore_index)", tk.fused_linear_cross_entropy(hidden, weight, labels),
       ref.linear_cross_entropy_ref(hidden, weight, labels), tol)
 assert all(err <= atol for _, err, atol in results)'''),
-    ("md", "## Benchmarks (GPU): the table of `kernels/BENCHMARKS.md`"),
+    ("md", "## Benchmarks (GPU): the table of `turing_kernels/BENCHMARKS.md`"),
     ("code", '''\
 from IPython.display import Markdown, display
 
-text = (ROOT / "kernels/BENCHMARKS.md").read_text()
+text = (ROOT / "turing_kernels/BENCHMARKS.md").read_text()
 start = text.index("## What is measured")
 display(Markdown(text[start:]))
-print("run on a GPU: python kernels/bench.py --quick")'''),
+print("run on a GPU: python turing_kernels/bench.py --quick")'''),
 ]
 
 

@@ -27,7 +27,7 @@ from typing import Iterator, Optional
 ROOT = Path(__file__).resolve().parents[1]
 
 #: package roots on disk -> their import names (the wheel maps recipes/ to turing_models.recipes)
-SOURCES = {"turing_models": ROOT / "turing_models", "turing_kernels": ROOT / "kernels",
+SOURCES = {"turing_models": ROOT / "turing_models", "turing_kernels": ROOT / "turing_kernels",
            "turing_models.recipes": ROOT / "recipes"}
 
 LAYERS: dict[str, int] = {

@@ -45,7 +45,7 @@ def installed(tmp_path_factory):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for name in ("turing_models", "kernels", "recipes"):
+    for name in ("turing_models", "turing_kernels", "recipes"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", base / "dist", src],
          cwd=base)

@@ -10,7 +10,7 @@ stderr and an exit status:
 * Ctrl-C outside training: ``interrupted``, exit status 130.
 
 Anything else is a bug and keeps its traceback. Code that validates user input raises
-:class:`UsageError` (see :data:`USAGE_ERRORS` for the plain errors still accepted).
+:class:`UsageError`.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ class Preempted(RuntimeFault):
     prefix = "stopped"
 
 
-#: What :func:`cli_main` reports as bad input (exit status 2). ``ValueError`` and
-#: ``FileNotFoundError`` are still here while a few task loaders raise them for bad user input;
-#: once those raise :class:`UsageError`, this becomes ``(UsageError,)``.
-USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, FileNotFoundError)
+#: What :func:`cli_main` reports as bad input (exit status 2). A plain ``ValueError`` or
+#: ``FileNotFoundError`` escaping a recipe is a bug (input checks raise :class:`UsageError`), so
+#: it keeps its traceback.
+USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageError,)
 
 
 def one_line(exc: BaseException) -> str:

@@ -202,14 +202,21 @@ def publish_directory(tmp: PathLike, target: PathLike, *, manifest: bool = False
 @contextlib.contextmanager
 def atomic_file(path: PathLike, mode: str = "w", encoding: Optional[str] = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    with _replacing(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(path: PathLike) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write; renamed over ``path`` on success, removed on error
+    (a full disk becomes :class:`DiskFullError`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(path)
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -390,8 +397,6 @@ def save_safetensors(tensors: dict, path: PathLike, metadata: Optional[dict] = N
     """Write tensors atomically (contiguous copies where needed)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = _temp_sibling(path)
     seen: set = set()
     plain = {}
     for key, value in tensors.items():
@@ -405,14 +410,8 @@ def save_safetensors(tensors: dict, path: PathLike, metadata: Optional[dict] = N
         elif ptr is not None:
             seen.add(ptr)
         plain[key] = value
-    try:
+    with _replacing(path) as tmp:
         save_file(plain, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise_if_disk_full(exc, path)
-        raise
 
 
 # ---------------------------------------------------------------------------- the one torch.load

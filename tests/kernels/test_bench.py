@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "kernels" / "bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "turing_kernels" / "bench.py"
 
 
 def _run(args, env_extra, tmp_path):
@@ -44,5 +44,5 @@ def test_smoke_runs_every_benchmark(tmp_path):
                                                      for i in ("turing", "sdpa", "eager")}
     assert all(r["ms"] and r["ms"] > 0 for r in rows)
     assert all(r["tflops"] > 0 for r in att)
-    assert "reproduce: python kernels/bench.py --smoke --json out.json" in res.stdout
-    assert "speed x" in res.stdout and data["meta"]["command"].startswith("python kernels/bench.py")
+    assert "reproduce: python turing_kernels/bench.py --smoke --json out.json" in res.stdout
+    assert "speed x" in res.stdout and data["meta"]["command"].startswith("python turing_kernels/bench.py")

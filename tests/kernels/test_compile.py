@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-CHECK = Path(__file__).resolve().parents[2] / "kernels" / "compile_check.py"
+CHECK = Path(__file__).resolve().parents[2] / "turing_kernels" / "compile_check.py"
 
 
 def _run(tmp_path, *args, timeout=900):

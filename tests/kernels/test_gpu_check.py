@@ -1,4 +1,4 @@
-"""`make gpu-check` (kernels/gpu_check.py): one clear line where there is no GPU, and the PASS / MISS
+"""`make gpu-check` (benchmarks/gpu_check.py): one clear line where there is no GPU, and the PASS / MISS
 verdicts it writes against the goals."""
 
 import importlib.util
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "kernels" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
 
 def _module():

@@ -107,6 +107,17 @@ def test_kv_cache_matches_full_forward():
     assert torch.allclose(full[:, 6:], nxt.logits, atol=1e-5)
 
 
+def test_a_training_forward_keeps_no_cache_unless_asked():
+    model = nlg_model()
+    ids = _ids(batch=2, length=8)
+    model.train()
+    assert model(ids, labels=ids).cache is None  # nothing held for backward's sake
+    assert model(ids, use_cache=True).cache.get_seq_length() == 8
+    model.eval()
+    with torch.no_grad():
+        assert model(ids).cache.get_seq_length() == 8  # config.use_cache
+
+
 def test_left_padded_batch_generates_what_each_row_generates_alone():
     model = nlg_model()
     rows = [[5, 17, 99, 3, 250, 41, 7, 8, 9], [11, 12], [200, 201, 202, 203, 204]]

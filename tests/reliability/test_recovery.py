@@ -155,6 +155,21 @@ def test_engine_conflicting_with_accelerate_launch_is_refused(tokens, tmp_path, 
         make_trainer(tokens, tmp_path, distributed=engine)
 
 
+def test_engine_agreeing_with_accelerate_launch_leaves_it_to_the_launch_config(monkeypatch):
+    from turing_models.training.config import TrainerConfig
+    from turing_models.training.engine import check_launch
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    assert check_launch(TrainerConfig(distributed="zero3")) == "none"  # 17b.yaml under the zero3 YAML
+    with pytest.raises(UsageError, match="train.distributed=zero2 conflicts"):
+        check_launch(TrainerConfig(distributed="zero2"))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert check_launch(TrainerConfig(distributed="fsdp2")) == "none"
+
+
 def test_resize_arithmetic_refuses_a_position_it_cannot_continue():
     from turing_models.training.checkpointer import translate_position
 

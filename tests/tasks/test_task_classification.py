@@ -50,7 +50,7 @@ def test_bad_delimited_files(tmp_path):
     bad.write_text("a\t1\nb\t0\textra\n")
     with pytest.raises(UsageError, match="line 2: 3 fields"):
         cls.load_classification(bad)
-    with pytest.raises(FileNotFoundError, match="classification data not found"):
+    with pytest.raises(UsageError, match="classification data not found"):
         cls.load_classification(tmp_path / "missing.tsv")
 
 

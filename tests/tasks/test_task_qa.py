@@ -66,7 +66,7 @@ def test_misplaced_answers_and_empty_contexts_are_counted_warned_skipped(tmp_pat
 
 
 def test_load_squad_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="QA data file not found"):
+    with pytest.raises(UsageError, match="QA data file not found"):
         qa.load_squad(tmp_path / "missing.json")
     bad = tmp_path / "x.json"
     bad.write_text('{"version": "1.1", "articles": []}')

@@ -40,6 +40,7 @@ def main() -> None:
                    help="a file-size limit (RLIMIT_FSIZE) standing in for a full disk")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this step as a SIGTERM does: checkpoint, then status interrupted")
+    p.add_argument("--dp-replicate", type=int, default=1, help="HSDP: replicas (train.parallel.dp_replicate)")
     p.add_argument("--ds-native-save", default=None,
                    help="also write DeepSpeed's own checkpoint (engine.save_checkpoint) to this folder")
     args = p.parse_args()
@@ -52,6 +53,7 @@ def main() -> None:
 
     from turing_models.data import PackedDataset
     from turing_models.training import Trainer, TrainerConfig
+    from turing_models.training.config import ParallelConfig
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     ds = PackedDataset(args.data, "train", seq_len=SEQ, seed=0, shuffle=True, rank=rank, world_size=world)
@@ -59,7 +61,8 @@ def main() -> None:
     cfg = TrainerConfig(run_name="run", output_dir=args.out, max_steps=args.steps,
                         global_batch_size=args.global_batch, micro_batch_size=args.micro, lr=3e-3,
                         warmup_steps=1, log_every=1, progress=False, tensorboard=False,
-                        distributed=args.engine, save_every_steps=args.save_every, keep_last=5)
+                        distributed=args.engine, save_every_steps=args.save_every, keep_last=5,
+                        parallel=ParallelConfig(dp_replicate=args.dp_replicate))
     trainer = Trainer(model, ds, config=cfg)
     seen = []  # (optimizer step, input_ids) of every sample this rank trains on
 
@@ -84,11 +87,16 @@ def main() -> None:
     final = str(trainer.save_final()) if args.export else None
     if args.ds_native_save:
         trainer.model.save_checkpoint(args.ds_native_save)  # the DeepSpeedEngine's own (pickled) layout
-    if trainer.accelerator.is_main_process:
-        result = {"losses": trainer.losses, "summary": summary, "final": final,
-                  "world": trainer.accelerator.num_processes,
-                  "distributed_type": str(trainer.accelerator.distributed_type),
-                  "model_class": type(trainer.model).__name__}
+    acc = trainer.accelerator
+    # (node, local rank, processes on the node, global rank) of every process
+    where = torch.tensor([int(os.environ.get("GROUP_RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                          int(os.environ.get("LOCAL_WORLD_SIZE", 1)), rank])
+    placements = acc.gather(where.reshape(1, -1)).tolist() if acc.num_processes > 1 else [where.tolist()]
+    if acc.is_main_process:
+        result = {"losses": trainer.losses, "summary": summary, "final": final, "world": acc.num_processes,
+                  "distributed_type": str(acc.distributed_type), "model_class": type(trainer.model).__name__,
+                  "model_sharded": type(next(trainer.model.parameters())).__name__ == "DTensor",
+                  "placements": placements}
         Path(args.out, "result.json").write_text(json.dumps(result))
     Path(args.out, f"samples_rank{rank}.json").write_text(json.dumps(seen))
     trainer.accelerator.wait_for_everyone()

@@ -8,41 +8,26 @@ curves must agree to fp32 reduction-order noise: relative tolerance 1e-5 (measur
 
 import json
 import os
-import shutil
-import socket
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from _tiny import token_folder
+from _tiny import run_worker, token_folder, torchrun_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 RTOL = 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(data, out, *args, nproc=None, engine="none", micro=4, timeout=600, check=True):
-    cmd = [sys.executable, str(WORKER)] if nproc is None else [
-        str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), str(WORKER)]
-    cmd += ["--data", str(data), "--out", str(out), "--engine", engine, "--micro", str(micro), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    if not check:
-        return proc
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((Path(out) / "result.json").read_text())
+    cmd = [sys.executable] if nproc is None else torchrun_cmd(nproc)
+    cmd += [str(WORKER), "--data", str(data), "--out", str(out), "--engine", engine, "--micro", str(micro), *args]
+    return run_worker(cmd, out, timeout=timeout, check=check)
 
 
 @pytest.fixture(scope="module")

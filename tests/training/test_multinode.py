@@ -8,8 +8,6 @@ node: FSDP2 shards within each node and replicates across the two (``train.paral
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,26 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tiny import token_folder
+from _tiny import TORCHRUN, free_port, launch_env, run_worker, token_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-WORKER = Path(__file__).with_name("multinode_worker.py")
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+WORKER = Path(__file__).with_name("dist_worker.py")
 RTOL = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
 
 
 def worker_args(data, out, engine, micro, *extra):
@@ -45,21 +29,18 @@ def worker_args(data, out, engine, micro, *extra):
 
 
 def run_single(data, out) -> dict:
-    proc = subprocess.run([sys.executable, *worker_args(data, out, "none", 4)], capture_output=True, text=True,
-                          timeout=600, env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((Path(out) / "result.json").read_text())
+    return run_worker([sys.executable, *worker_args(data, out, "none", 4)], out)
 
 
 def run_two_nodes(data, out, engine: str, nproc: int = 1, *extra: str, timeout: int = 600) -> dict:
     """Start the two launchers as two machines would, and wait for both."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for node_rank in (0, 1):
         cmd = [str(TORCHRUN), "--nnodes", "2", "--node_rank", str(node_rank), "--nproc_per_node", str(nproc),
                "--rdzv-endpoint", f"127.0.0.1:{port}", *worker_args(data, out, engine, 2 // nproc, *extra)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=_env()))
+                                      env=launch_env()))
     outputs = []
     try:
         for proc in procs:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,26 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from _tiny import run_worker, torchrun_cmd
 from turing_models.errors import UsageError
 from turing_models.training import parallel as par
 
 WORKER = Path(__file__).with_name("tp_worker.py")
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 ATOL = 1e-5
 RTOL = 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(nproc: int, out: Path, *args: str, timeout: int = 600) -> list[dict]:
-    cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(WORKER), *args, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = run_worker([*torchrun_cmd(nproc), str(WORKER), *args, "--out", str(out)], out, timeout=timeout, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads((out / f"result_{r}.json").read_text()) for r in range(nproc)]
 

@@ -269,7 +269,8 @@ class TuringNLGModel(TuringNLGPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         batch, q_len = inputs_embeds.shape[:2]
 
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # a training forward keeps no cache unless asked: it would only hold memory
+            use_cache = self.config.use_cache and not (self.training and torch.is_grad_enabled())
         checkpointing = len(self.layers) > 0 and self.layers[0].gradient_checkpointing
         if checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False  # the recomputed forward would write the cache twice

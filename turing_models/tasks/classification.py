@@ -199,7 +199,7 @@ def load_classification(
         files = _data_files(path) if path.is_dir() else [path] if path.is_file() else None
         if files is None:
             if path.suffix in FILE_SUFFIXES or str(source).startswith((".", "/")):
-                raise FileNotFoundError(
+                raise UsageError(
                     f"classification data not found: {source} (give TSV/CSV/JSONL files, a folder of them, or a datasets name)"
                 )
             examples += _read_datasets(str(source), split, columns)

@@ -23,6 +23,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from turing_models.errors import UsageError
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCTUATION = frozenset(string.punctuation)
 
@@ -145,13 +147,13 @@ def squad_evaluate(
     ``best_f1``, ``best_f1_thresh`` when ``null_scores`` is given; ``missing`` predictions.
     """
     if not references:
-        raise ValueError("no questions to evaluate: the reference set is empty")
+        raise UsageError("no questions to evaluate: the reference set is empty; give a data file with at least one question")
     exact, f1 = squad_scores(predictions, references)
     has_answer = {qid: bool(answers) for qid, answers in references.items()}
     if null_scores is not None:
         missing_null = [qid for qid in references if qid not in null_scores]
         if missing_null:
-            raise ValueError(
+            raise UsageError(
                 f"null_scores lacks {len(missing_null)} question ids (e.g. {missing_null[0]!r}): "
                 "give a null score for every question or none"
             )
@@ -222,7 +224,7 @@ def classification_metrics(labels: Sequence[int], preds: Sequence[int], num_clas
     if len(labels) != len(preds):
         raise ValueError(f"{len(labels)} labels but {len(preds)} predictions")
     if len(labels) == 0:
-        raise ValueError("no examples to evaluate")
+        raise UsageError("no examples to evaluate: the evaluation set is empty; give a data file with at least one example")
     y, p = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     per_class = f1_per_class(y, p, num_classes)
     macro = float(per_class.mean())
@@ -268,7 +270,7 @@ def regression_metrics(labels: Sequence[float], preds: Sequence[float]) -> dict[
     if len(labels) != len(preds):
         raise ValueError(f"{len(labels)} labels but {len(preds)} predictions")
     if len(labels) == 0:
-        raise ValueError("no examples to evaluate")
+        raise UsageError("no examples to evaluate: the evaluation set is empty; give a data file with at least one example")
     y, p = np.asarray(labels, dtype=np.float64), np.asarray(preds, dtype=np.float64)
     return {
         "pearson": pearson(p, y),

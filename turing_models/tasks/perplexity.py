@@ -100,7 +100,7 @@ def _read_texts(data: str) -> tuple[str, list[Path]]:
         elif path.is_file():
             paths.append(path)
         else:
-            raise FileNotFoundError(f"perplexity data not found: {part} (give a text file, a folder of them, or a token-shard folder)")
+            raise UsageError(f"perplexity data not found: {part} (give a text file, a folder of them, or a token-shard folder)")
     text = "\n\n".join(p.read_text(encoding="utf-8") for p in paths)
     if not text.strip():
         raise UsageError(f"{data} holds no text")

@@ -153,7 +153,7 @@ def _read_records(source: str | Path, split: str) -> tuple[list[dict], str]:
     if path.exists():
         raise UsageError(f"{path} is a folder; give the SQuAD JSON file inside it")
     if path.suffix in (".json", ".jsonl") or "/" in str(source) and not _looks_like_hub_name(str(source)):
-        raise FileNotFoundError(f"QA data file not found: {source} (give a SQuAD JSON file or a datasets name such as squad_v2)")
+        raise UsageError(f"QA data file not found: {source} (give a SQuAD JSON file or a datasets name such as squad_v2)")
     return _records_from_datasets(str(source), split), "auto"
 
 

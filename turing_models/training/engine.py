@@ -13,6 +13,7 @@ engines run on the CPU (gloo), which the test-suite uses:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import sys
@@ -23,6 +24,8 @@ import torch
 
 from ..errors import UsageError
 from .config import CONFIGS_DIR, TrainerConfig
+
+logger = logging.getLogger(__name__)
 
 DISTRIBUTED_DIR = CONFIGS_DIR / "distributed"  # package data: works from a wheel too
 
@@ -39,11 +42,22 @@ def _accelerate_launch_engine() -> str | None:
     return None
 
 
-def check_launch(config: TrainerConfig) -> None:
-    """Refuse an engine that cannot start as launched, in one line that says how to launch it."""
+#: what ``accelerate launch`` reports for each ``train.distributed`` engine it can also set up
+_LAUNCH_NAMES = {"fsdp2": "FSDP2", "zero2": "DeepSpeed ZeRO-2",
+                 "zero3": "DeepSpeed ZeRO-3", "zero3_offload": "DeepSpeed ZeRO-3"}
+
+
+def check_launch(config: TrainerConfig) -> str:
+    """The engine to set up here: ``config.distributed``, or ``"none"`` when an ``accelerate
+    launch`` config already asks for the same engine (its settings then apply). An engine that
+    conflicts with the launch config, or cannot start as launched, is refused in one line that says
+    how to launch it."""
     engine = config.distributed
     launched = _accelerate_launch_engine()
     if engine != "none" and launched is not None:
+        if _LAUNCH_NAMES.get(engine) == launched:
+            logger.info("train.distributed=%s: the accelerate launch config sets up %s", engine, launched)
+            return "none"
         raise UsageError(
             f"train.distributed={engine} conflicts with the accelerate launch config, which asks for "
             f"{launched}; set the engine in one place: drop train.distributed (or set it to none) under "
@@ -54,6 +68,7 @@ def check_launch(config: TrainerConfig) -> None:
         raise UsageError(
             f"train.distributed={engine} (DeepSpeed) needs a launcher; run: torchrun --nproc_per_node {n} "
             f"{command}")
+    return engine
 
 
 def resolve_precision(precision: str) -> str:
@@ -68,11 +83,10 @@ def build_accelerator(config: TrainerConfig, accumulation: int):
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 
-    check_launch(config)
+    engine = check_launch(config)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(config.precision)]
     kwargs: dict[str, Any] = dict(mixed_precision=mixed, gradient_accumulation_steps=accumulation,
                                   step_scheduler_with_optimizer=False)
-    engine = config.distributed
     if engine == "fsdp2":
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
             fsdp_version=2, auto_wrap_policy="transformer_based_wrap", reshard_after_forward=True,

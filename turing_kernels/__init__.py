@@ -1,6 +1,7 @@
 """turing_kernels: the fused Triton kernels of the Turing model zoo.
 
-Import name of the ``kernels/`` folder. Importing it needs neither Triton nor a GPU; the kernels
+Not named ``kernels``: that import name belongs to Hugging Face's kernels package, which
+transformers imports. Importing it needs neither Triton nor a GPU; the kernels
 themselves run on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1``, how the tests check them without a GPU). Elsewhere a call raises
 :class:`KernelUnavailableError` with one line saying what to do.

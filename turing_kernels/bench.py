@@ -1,8 +1,8 @@
 """Benchmark the Triton kernels against their PyTorch peers, in one process, alternating runs.
 
-    python kernels/bench.py --quick              # the short sweep (< 4 min on an H100, compilation included)
-    python kernels/bench.py                      # the full sweep
-    python kernels/bench.py --only attention --json attention.json
+    python turing_kernels/bench.py --quick              # the short sweep (< 4 min on an H100, compilation included)
+    python turing_kernels/bench.py                      # the full sweep
+    python turing_kernels/bench.py --only attention --json attention.json
 
 Attention: TFLOP/s (FlashAttention's count, 4·B·H·Tq·Tk·D for the forward, halved when causal,
 x2.5 for the backward) and peak memory for forward, backward and forward+backward, against
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     elif args.smoke and interpret:
         device = "cpu"
     else:
-        print("error: kernels/bench.py needs a CUDA GPU (none found); numbers from the CPU interpreter would mean "
+        print("error: turing_kernels/bench.py needs a CUDA GPU (none found); numbers from the CPU interpreter would mean "
               "nothing (only --smoke runs there, with TRITON_INTERPRET=1).", file=sys.stderr)
         return 2
     dtype = DTYPES[args.dtype]
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
         rows += bench_bias_gelu(timer, device, dtype, *gelu)
 
     print_table(rows)
-    command = "python kernels/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python turing_kernels/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     meta = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (TRITON_INTERPRET=1)",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -40,7 +40,7 @@ def _kernels():
 
 def kernel_block(vocab: int):
     """(BLOCK_V, num_warps) of the row kernel: 8192 columns over 16 warps (16 per thread: no spills on
-    sm_90, checked by kernels/compile_check.py), 4096 under the interpreter or for small vocabularies."""
+    sm_90, checked by turing_kernels/compile_check.py), 4096 under the interpreter or for small vocabularies."""
     block_v = min(next_power_of_2(vocab), 4096 if interpreting() else 8192 if vocab >= 8192 else 4096)
     return block_v, 16 if block_v >= 8192 else 8
 

@@ -1,8 +1,8 @@
 """Compile what the launcher launches for a GPU target, without a GPU, and grade the machine code.
 
-    python kernels/compile_check.py --arch 90        # H100/H200, bf16: exit 0 only if every check passes
-    python kernels/compile_check.py --arch 80 --only attention
-    python kernels/compile_check.py --arch 90 --head-dims 152 --quick
+    python turing_kernels/compile_check.py --arch 90        # H100/H200, bf16: exit 0 only if every check passes
+    python turing_kernels/compile_check.py --arch 80 --only attention
+    python turing_kernels/compile_check.py --arch 90 --head-dims 152 --quick
 
 Attention. For each head dim (64, 128, 152 by default) the launcher's own functions
 (``turing_kernels.attention.forward_launch`` / ``backward_launches``) build the launches of a

@@ -1,6 +1,6 @@
 """One command on a GPU machine: install, test and benchmark the kernels against their goals.
 
-    make gpu-check                      # or: python3 kernels/gpu_check.py [--budget 450] [--out DIR]
+    make gpu-check                      # or: python3 benchmarks/gpu_check.py [--budget 450] [--out DIR]
 
 Steps, each in its own process under its own time limit (a later step runs even when an earlier one
 failed or timed out), all inside ``--budget`` seconds (default 450, under 8 minutes with set-up):
@@ -60,7 +60,7 @@ def _has_gpu() -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# Step bodies (run as `python kernels/gpu_check.py --step NAME --result FILE` in the set-up python)
+# Step bodies (run as `python benchmarks/gpu_check.py --step NAME --result FILE` in the set-up python)
 # ------------------------------------------------------------------------------------------------
 
 def _timer(fn, warmup=3, reps=10):

@@ -29,7 +29,7 @@ against ``cu_seqlens``, recognising a ``[B, 1, Tq, Tk]`` mask as key padding) ru
 asynchronous device-side assertion and such masks go to SDPA.
 
 The launches are built by :func:`forward_launch` / :func:`backward_launches` without running
-anything, which is how ``kernels/compile_check.py`` compiles exactly what would run.
+anything, which is how ``turing_kernels/compile_check.py`` compiles exactly what would run.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def force_tiles(fwd=None, dkdv=None, dq=None):
 class Launch:
     """One kernel launch: the autotuned kernel, the same kernel with fixed tiles, and its arguments.
 
-    ``kernels/compile_check.py`` builds these with meta tensors and compiles exactly what would run."""
+    ``turing_kernels/compile_check.py`` builds these with meta tensors and compiles exactly what would run."""
 
     name: str
     tuned: Any

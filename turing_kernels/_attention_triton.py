@@ -602,7 +602,7 @@ def _attn_bwd_dq(
 # --------------------------------------------------------------------------------------------
 # Tile configurations, per head-dim class (BLOCK_D + BLOCK_D2: <= 64, <= 128, <= 160, larger).
 # On a GPU the autotuner picks among the kept ones per (head-dim tiles, causal, sequence bucket,
-# ...). Each kept configuration is compiled for sm_90 and sm_80 by kernels/compile_check.py, which
+# ...). Each kept configuration is compiled for sm_90 and sm_80 by turing_kernels/compile_check.py, which
 # fails on register spills, missing wgmma or scalar loads. Under the interpreter one large tile is
 # used instead (fewer interpreted iterations, same arithmetic), or the one a test forces.
 # --------------------------------------------------------------------------------------------
