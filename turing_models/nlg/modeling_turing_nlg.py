@@ -344,9 +344,14 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
         return weight if real >= weight.shape[0] else weight[:real]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        # through the lm_head module (a tensor-parallel plan hooks it), then the padding rows dropped
-        logits = self.lm_head(hidden)
+        """Logits over the real vocabulary (the padding rows of the head dropped)."""
         real = self.config.real_vocab_size
+        head = self.lm_head
+        if real < head.weight.shape[0] and _plain_linear(head):
+            # against the real rows of the weight: contiguous logits, no [tokens, vocab] copy
+            return F.linear(hidden, head.weight[:real], None if head.bias is None else head.bias[:real])
+        # through the module, which a tensor-parallel plan (or another wrapper) hooks
+        logits = head(hidden)
         return logits if real >= logits.shape[-1] else logits[..., :real]
 
     def forward(
@@ -387,25 +392,23 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
         logits = None
         if labels is not None or shift_labels is not None:
             if shift_labels is None:
-                hidden_for_loss = hidden[:, :-1]
-                targets = labels[:, 1:]
-            else:
-                hidden_for_loss, targets = hidden, shift_labels
-            targets = targets.to(hidden.device)
+                # shift the labels, not the hidden states or logits (no copy of either): the last
+                # position has no next token and is ignored
+                shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            targets = shift_labels.to(hidden.device)
             reduction = "mean" if num_items_in_batch is None else "sum"
             if self.config.fused_cross_entropy:
                 from ..layers import linear_cross_entropy
 
                 # the fused kernel never materialises the tokens x vocab logits: none are returned
                 loss = linear_cross_entropy(
-                    hidden_for_loss, self._head_weight(), targets, reduction=reduction, fused=True,
+                    hidden, self._head_weight(), targets, reduction=reduction, fused=True,
                     num_valid_classes=self.config.real_vocab_size,
                 )
             else:
                 logits = self._logits(hidden)
-                shifted = logits if shift_labels is not None else logits[:, :-1]
                 loss = F.cross_entropy(
-                    shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1), reduction=reduction
+                    logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction
                 )
             if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
@@ -423,6 +426,12 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
         return _output(
             CausalLMOutputWithPast, cache_out, loss=loss, logits=logits, hidden_states=outputs.hidden_states
         )
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    """A bare ``nn.Linear`` with plain tensors and no hooks (no tensor-parallel plan applied)."""
+    return (type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+            and type(module.weight.data) is torch.Tensor)
 
 
 TuringNLG = TuringNLGForCausalLM
