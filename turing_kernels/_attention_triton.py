@@ -42,6 +42,9 @@ mask, so no mask is stored.
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import triton
 import triton.language as tl
 
@@ -600,11 +603,14 @@ def _attn_bwd_dq(
 
 
 # --------------------------------------------------------------------------------------------
-# Tile configurations, per head-dim class (BLOCK_D + BLOCK_D2: <= 64, <= 128, <= 160, larger).
-# On a GPU the autotuner picks among the kept ones per (head-dim tiles, causal, sequence bucket,
-# ...). Each kept configuration is compiled for sm_90 and sm_80 by turing_kernels/compile_check.py, which
-# fails on register spills, missing wgmma or scalar loads. Under the interpreter one large tile is
-# used instead (fewer interpreted iterations, same arithmetic), or the one a test forces.
+# Tile configurations, per head-dim class (BLOCK_D + BLOCK_D2: <= 64, <= 128, <= 160, larger) and
+# per GPU generation: Hopper and newer (compute capability >= 9.0) and Ampere / Ada (8.x), whose
+# mma.sync tiles hold operands and accumulators in registers and so need smaller tiles. On a GPU
+# the autotuner picks among the kept ones per (head-dim tiles, causal, sequence bucket, ...), the
+# generation being read from the launch device's compute capability. Each kept configuration is
+# compiled for sm_90 and sm_80 by turing_kernels/compile_check.py, which fails on register spills,
+# missing wgmma or scalar loads. Under the interpreter one large tile is used instead (fewer
+# interpreted iterations, same arithmetic), or the one a test forces.
 # --------------------------------------------------------------------------------------------
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per head-dim class, chosen with compile_check.py so that
@@ -649,6 +655,50 @@ DQ_DROPOUT_TILES = {
 }
 
 
+# Ampere / Ada (compute capability 8.x), chosen with compile_check.py --arch 80 so that none spills
+# at head dims 64 / 128 / 152. Without wgmma, the score tile, the output accumulators and the
+# q (or k, v) operands all live in registers, so the tiles are smaller than on Hopper: 128 x 64 with
+# 8 warps or 64 x 64 with 4 for the forward at head dim 128; at 152 (128 + 32) 32-wide key blocks
+# for the forward and dQ and 16-row query blocks for dK/dV, and 16-wide blocks with dropout. Head
+# dim 256 gets the smallest tiles; the check does not grade it.
+SM80_FWD_TILES = {
+    64: [(128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)],
+    128: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 3)],
+    160: [(128, 32, 8, 3), (64, 32, 4, 3)],
+    256: [(64, 32, 8, 2), (32, 32, 4, 2)],
+}
+SM80_DKDV_TILES = {
+    64: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2)],
+    128: [(64, 64, 8, 2), (32, 64, 8, 2), (64, 32, 4, 2)],
+    160: [(16, 64, 8, 2), (16, 32, 4, 2)],
+    256: [(64, 32, 8, 2), (32, 16, 4, 2)],
+}
+SM80_DQ_TILES = {
+    64: [(128, 64, 8, 2), (64, 64, 4, 2)],
+    128: [(64, 64, 8, 2), (128, 32, 8, 2)],
+    160: [(128, 32, 8, 2), (64, 32, 4, 2)],
+    256: [(64, 32, 8, 2), (32, 16, 4, 2)],
+}
+SM80_FWD_DROPOUT_TILES = {
+    64: [(128, 64, 8, 3), (64, 64, 8, 3)],
+    128: [(64, 64, 8, 3), (128, 32, 8, 3)],
+    160: [(128, 32, 8, 3), (64, 32, 4, 3)],
+    256: [(64, 32, 8, 2), (32, 16, 4, 2)],
+}
+SM80_DKDV_DROPOUT_TILES = {
+    64: [(32, 128, 8, 2), (64, 32, 8, 2)],
+    128: [(32, 64, 8, 2), (16, 64, 8, 2)],
+    160: [(32, 16, 4, 2), (16, 16, 4, 2)],
+    256: [(16, 16, 4, 2)],
+}
+SM80_DQ_DROPOUT_TILES = {
+    64: [(128, 32, 8, 2), (64, 32, 8, 2)],
+    128: [(64, 64, 8, 2), (64, 32, 8, 2)],
+    160: [(128, 16, 8, 2), (64, 16, 8, 2)],
+    256: [(32, 16, 4, 2)],
+}
+
+
 def head_dim_class(block_d_total: int) -> int:
     for cls in sorted(FWD_TILES):
         if block_d_total <= cls:
@@ -667,17 +717,54 @@ def _configs(*tile_tables):
     return out
 
 
+# Compute capability (major * 10 + minor) that pruning targets instead of the launch device's; set by
+# target_arch() to list what a launch would keep on another GPU, without one.
+_ARCH_OVERRIDE: list = []
+
+
+@contextlib.contextmanager
+def target_arch(arch: int):
+    """Prune the autotuned configurations as on a GPU of compute capability ``arch`` (80 = A100,
+    90 = H100), whatever device the arguments are on."""
+    _ARCH_OVERRIDE.append(int(arch))
+    try:
+        yield
+    finally:
+        _ARCH_OVERRIDE.pop()
+
+
+def launch_arch(named_args) -> int:
+    """Compute capability (major * 10 + minor) the kept tiles are chosen for: the one set by
+    target_arch(), else that of the device of the query tensor (the current CUDA device when no
+    query is given), else 90."""
+    if _ARCH_OVERRIDE:
+        return _ARCH_OVERRIDE[-1]
+    q = named_args.get("Q")
+    device = getattr(q, "device", None)
+    if device is not None and device.type != "cuda":
+        return 90
+    if not torch.cuda.is_available():
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
 def kept_tiles(tiles, dropout_tiles, block_d, block_d2, has_dropout):
     """The tiles of one launch: per head-dim class, and smaller ones with dropout (Philox needs registers)."""
     return (dropout_tiles if has_dropout else tiles)[head_dim_class(block_d + block_d2)]
 
 
-def _pruner(tiles, dropout_tiles):
+def _pruner(tiles, dropout_tiles, sm80_tiles=None, sm80_dropout_tiles=None):
+    """Keeps the configurations of the launch's head-dim class and dropout setting, from the Hopper
+    tables on compute capability >= 9.0 and from the Ampere ones (when given) below."""
     def prune(configs, named_args, **kwargs):
         def get(name):
             return kwargs[name] if name in kwargs else named_args[name]
 
-        wanted = set(kept_tiles(tiles, dropout_tiles, get("BLOCK_D"), get("BLOCK_D2"), get("HAS_DROPOUT")))
+        tables = (tiles, dropout_tiles)
+        if sm80_tiles is not None and launch_arch(named_args) < 90:
+            tables = (sm80_tiles, sm80_dropout_tiles)
+        wanted = set(kept_tiles(*tables, get("BLOCK_D"), get("BLOCK_D2"), get("HAS_DROPOUT")))
         return [c for c in configs
                 if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
 
@@ -699,14 +786,16 @@ HEURISTICS = {
 }
 
 
-def _tuned(kernel, tiles, dropout_tiles):
+def _tuned(kernel, tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles):
+    # The candidates are the configurations of both GPU generations; the pruning keeps those of the
+    # launch device's generation, head-dim class and dropout setting.
     # ``seq_bucket`` (the longest sequence rounded up to a power of two, unused by the kernels) keys
     # the tuner, so a decode loop whose key length grows by one each step does not retune each step.
     return triton.autotune(
-        configs=_configs(tiles, dropout_tiles),
+        configs=_configs(tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles),
         key=["BLOCK_D", "BLOCK_D2", "IS_CAUSAL", "IS_VARLEN", "HAS_KMASK", "HAS_DROPOUT", "GROUP", "ALIGNED",
              "seq_bucket"],
-        prune_configs_by={"early_config_prune": _pruner(tiles, dropout_tiles)},
+        prune_configs_by={"early_config_prune": _pruner(tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles)},
     )(kernel)
 
 
@@ -716,6 +805,6 @@ attn_fwd = triton.heuristics(HEURISTICS)(_attn_fwd)
 attn_bwd_dkdv = triton.heuristics(HEURISTICS)(_attn_bwd_dkdv)
 attn_bwd_dq = triton.heuristics(HEURISTICS)(_attn_bwd_dq)
 attn_bwd_preprocess = _attn_bwd_preprocess
-attn_fwd_tuned = _tuned(attn_fwd, FWD_TILES, FWD_DROPOUT_TILES)
-attn_bwd_dkdv_tuned = _tuned(attn_bwd_dkdv, DKDV_TILES, DKDV_DROPOUT_TILES)
-attn_bwd_dq_tuned = _tuned(attn_bwd_dq, DQ_TILES, DQ_DROPOUT_TILES)
+attn_fwd_tuned = _tuned(attn_fwd, FWD_TILES, FWD_DROPOUT_TILES, SM80_FWD_TILES, SM80_FWD_DROPOUT_TILES)
+attn_bwd_dkdv_tuned = _tuned(attn_bwd_dkdv, DKDV_TILES, DKDV_DROPOUT_TILES, SM80_DKDV_TILES, SM80_DKDV_DROPOUT_TILES)
+attn_bwd_dq_tuned = _tuned(attn_bwd_dq, DQ_TILES, DQ_DROPOUT_TILES, SM80_DQ_TILES, SM80_DQ_DROPOUT_TILES)

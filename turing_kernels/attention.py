@@ -106,7 +106,8 @@ def force_tiles(fwd=None, dkdv=None, dq=None):
     """Launch with the given tiles instead of autotuning (or the interpreter's one large tile).
 
     Each: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, as in ``_attention_triton.FWD_TILES`` /
-    ``DKDV_TILES`` / ``DQ_TILES``. Lets the tests run every kept GPU tile shape."""
+    ``DKDV_TILES`` / ``DQ_TILES`` (Hopper) or their ``SM80_`` counterparts (Ampere). Lets the tests run
+    every kept GPU tile shape."""
     saved = dict(_FORCED)
     _FORCED.update({k: v for k, v in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)) if v is not None})
     try:

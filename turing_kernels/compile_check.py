@@ -58,6 +58,7 @@ except ImportError:
     print("error: Triton is not installed (pip install 'turing-models[triton]')", file=sys.stderr)
     sys.exit(2)
 
+from turing_kernels import _attention_triton as attention_kernels
 from turing_kernels import _bias_gelu_triton as gelu
 from turing_kernels import _cross_entropy_triton as ce
 from turing_kernels import _layernorm_triton as ln
@@ -167,9 +168,11 @@ def training_launches(head_dim: int, causal: bool, dropout_p: float, dtype, seq:
     return [fwd, *bwd]
 
 
-def _kept_configs(launch):
+def _kept_configs(launch, arch):
+    """The configurations the autotuner's own pruning keeps for this launch on a GPU of compute capability ``arch``."""
     named = dict(zip(launch.tuned.arg_names, launch.args))
-    return launch.tuned.early_config_prune(launch.tuned.configs, named, **launch.meta)
+    with attention_kernels.target_arch(arch):
+        return launch.tuned.early_config_prune(launch.tuned.configs, named, **launch.meta)
 
 
 def attention_reports(compiler, head_dims, dtype, quick, variants):
@@ -183,7 +186,7 @@ def attention_reports(compiler, head_dims, dtype, quick, variants):
                     configs = [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=1)]
                     jit_fn, heur = launch.fixed, {}
                 else:
-                    configs = _kept_configs(launch)
+                    configs = _kept_configs(launch, compiler.arch)
                     jit_fn, heur = launch.fixed.fn, launch.fixed.values
                     if quick:
                         configs = configs[:1]

@@ -40,15 +40,20 @@ def _check(q, k, v, causal, kp=None, dtype=DTYPE):
 
 
 def _tile_cases(dropout=False):
-    """(head_dim, fwd, dkdv, dq tiles) covering every kept tile of every head-dim class."""
-    tables = ((kern.FWD_DROPOUT_TILES, kern.DKDV_DROPOUT_TILES, kern.DQ_DROPOUT_TILES) if dropout
-              else (kern.FWD_TILES, kern.DKDV_TILES, kern.DQ_TILES))
+    """(head_dim, fwd, dkdv, dq tiles) covering every kept tile of every head-dim class, for both
+    GPU generations' tables (Hopper and sm_80), each combination once."""
+    names = ("FWD_DROPOUT_TILES", "DKDV_DROPOUT_TILES", "DQ_DROPOUT_TILES") if dropout else (
+        "FWD_TILES", "DKDV_TILES", "DQ_TILES")
     classes = ((64, 64), (128, 128), (152, 160)) if dropout else ((64, 64), (128, 128), (152, 160), (256, 256))
     cases = []
-    for head_dim, cls in classes:
-        lists = [table[cls] for table in tables]
-        for i in range(max(map(len, lists))):
-            cases.append((head_dim, *(t[i % len(t)] for t in lists)))
+    for prefix in ("", "SM80_"):
+        tables = [getattr(kern, prefix + name) for name in names]
+        for head_dim, cls in classes:
+            lists = [table[cls] for table in tables]
+            for i in range(max(map(len, lists))):
+                case = (head_dim, *(t[i % len(t)] for t in lists))
+                if case not in cases:
+                    cases.append(case)
     return cases
 
 

@@ -1,6 +1,6 @@
-"""The kernels compile for an H100 (sm_90) without a GPU, exactly as the launcher specialises them,
+"""The kernels compile for an H100 (sm_90) and an A100 (sm_80) without a GPU, exactly as the launcher specialises them,
 and the machine code passes the checks of kernels/compile_check.py: no register spills, wgmma
-matmuls, vectorised asynchronous tile loads. The full attention check takes minutes on 2 cores
+matmuls on sm_90, vectorised asynchronous tile loads. The full attention check takes minutes on 2 cores
 (marked slow); the other kernels and one attention head dim run in the default suite."""
 
 import os
@@ -42,6 +42,34 @@ def test_attention_head_dim_152_quick_check_sm90(tmp_path):
         if "preprocess" not in line:
             assert "mma wgmma" in line and "spill    0 B" in line and "loads async" in line, line
     assert "d152 (head-dim tiles 128+32)" in res.stdout
+
+
+def test_attention_head_dim_152_quick_check_sm80(tmp_path):
+    """Head dim 152 on an A100 (sm_80): the pruning keeps the Ampere tiles, whose first kept tile of
+    each kernel compiles with mma.sync and no spill, as launched."""
+    res = _run(tmp_path, "--arch", "80", "--only", "attention", "--head-dims", "152", "--quick", timeout=600)
+    lines = _attention_lines(res.stdout)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert len(lines) == 4, lines  # forward, preprocess, dK/dV, dQ
+    for line in lines:
+        if "preprocess" not in line:
+            assert "mma mma " in line and "spill    0 B" in line and "loads async" in line, line
+    assert "sm_80 bf16: 4 kernel configurations, all pass" in res.stdout
+
+
+def test_pruning_follows_the_target_arch():
+    """compile_check.py lists what the launcher keeps: the pruning reads the target compute
+    capability, Ampere tiles below 9.0 and Hopper tiles from 9.0 on."""
+    pytest.importorskip("triton")
+    from turing_kernels import _attention_triton as kern
+
+    meta = dict(BLOCK_D=128, BLOCK_D2=32, HAS_DROPOUT=False)
+    prune = kern.attn_fwd_tuned.early_config_prune
+    for arch, table in ((80, kern.SM80_FWD_TILES), (86, kern.SM80_FWD_TILES), (90, kern.FWD_TILES)):
+        with kern.target_arch(arch):
+            kept = prune(kern.attn_fwd_tuned.configs, {}, **meta)
+        assert sorted((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept) \
+            == sorted(table[160]), arch
 
 
 @pytest.mark.slow
