@@ -22,6 +22,7 @@ This module imports :mod:`turing_models.io` and :mod:`turing_models.layers`, nev
 
 from __future__ import annotations
 
+import abc
 import copy
 import logging
 import os
@@ -81,7 +82,7 @@ class Source:
         return first
 
 
-class StateDictAdapter:
+class StateDictAdapter(abc.ABC):
     """The key map between one foreign checkpoint format and one Turing family.
 
     Subclasses set ``family`` (the Turing ``model_type``), ``model_types`` (the foreign
@@ -94,15 +95,15 @@ class StateDictAdapter:
     name: str = ""
     loads_into: str = ""  # the classes it loads into, for messages
 
+    @abc.abstractmethod
     def config_from_foreign(self, raw: dict[str, Any], **overrides: Any):
         """The family's config for a foreign ``config.json`` dict (a :class:`UsageError` if it cannot be)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def plan(self, shapes: dict[str, tuple[int, ...]], config) -> dict[str, Source]:
         """``{model key: Source}`` for checkpoint tensors of the given shapes, keys named as in the
         family's largest head class (base model under its ``base_model_prefix``). Unknown tensors
         are a :class:`UsageError`; tensors to skip are left out."""
-        raise NotImplementedError
 
     def describe(self, source: Source) -> str:
         """How a tensor is named in messages (the checkpoint's own name)."""

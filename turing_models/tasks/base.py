@@ -21,6 +21,7 @@ task by name. A new task is a new module here plus one line in :data:`TASK_MODUL
 
 from __future__ import annotations
 
+import abc
 import importlib
 import logging
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class DataSpec:
     max_eval_examples: Optional[int] = None
 
 
-class Task:
+class Task(abc.ABC):
     """One task: see the module doc. Instances hold the options, the tokenizer and what the task
     learned from its data (labels, SQuAD version) or from a saved model (its settings)."""
 
@@ -116,8 +117,8 @@ class Task:
 
     # ------------------------------------------------------------------ data
     def load(self, source: str, *, split: str, for_training: bool = False) -> list:
-        """Examples from a file, a folder or a ``datasets`` name."""
-        raise NotImplementedError
+        """Examples from a file, a folder or a ``datasets`` name (tasks that fine-tune)."""
+        raise UsageError(f"the {self.name} task evaluates saved models only; it loads no examples")
 
     def split(self, examples: Sequence, eval_fraction: float, seed: int) -> tuple[list, list]:
         """(train, eval) when no eval data is given."""
@@ -162,8 +163,8 @@ class Task:
 
     # ------------------------------------------------------------------ model inputs
     def features(self, model, examples: Sequence) -> list[dict[str, Any]]:
-        """Model inputs with their targets (training and the eval loss)."""
-        raise NotImplementedError
+        """Model inputs with their targets (training and the eval loss; tasks that fine-tune)."""
+        raise UsageError(f"the {self.name} task evaluates saved models only; it builds no training features")
 
     def collate_fn(self):
         from transformers import DataCollatorWithPadding
@@ -171,13 +172,13 @@ class Task:
         return DataCollatorWithPadding(self.tokenizer)
 
     # ------------------------------------------------------------------ predictions and metrics
+    @abc.abstractmethod
     def predict(self, model, examples: Sequence, batch_size: int) -> Any:
         """Predictions of the unwrapped model on ``examples`` (model left in its mode)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def metrics(self, examples: Sequence, predictions: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """``(metrics, {file name: content})`` of predictions against the gold labels."""
-        raise NotImplementedError
 
     def evaluate(self, model, examples: Sequence, batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """:meth:`predict` then :meth:`metrics`."""
