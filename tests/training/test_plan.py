@@ -150,9 +150,9 @@ def test_fsdp2_hsdp_and_tp_trade_memory_for_communication(shapes):
     assert tp4["activations_gib"] * GiB == pytest.approx(acts["blocks"] + acts["recompute"] + acts["outside"])
     assert fsdp["activations_gib"] / 4 < tp4["activations_gib"] < fsdp["activations_gib"]
     assert tp4["logits_gib"] == fsdp["logits_gib"]
-    sp = make_plan(s, PlanConfig(gpus=256, sequence_parallel=True, loss_parallel=True), micro_batch=1,
-                   global_batch=512, max_steps=10, checkpointing=True, mixed_precision=True, engine="none",
-                   flops_per_token=1.0, tp=4)
+    sp = make_plan(s, PlanConfig(gpus=256), micro_batch=1, global_batch=512, max_steps=10, checkpointing=True,
+                   mixed_precision=True, engine="none", flops_per_token=1.0, tp=4, sequence_parallel=True,
+                   loss_parallel=True)
     sp4 = next(r for r in sp["memory"] if r["configured"])
     assert sp4["activations_gib"] == pytest.approx(fsdp["activations_gib"] / 4, rel=0.01)
     assert sp4["logits_gib"] == pytest.approx(fsdp["logits_gib"] / 4, rel=0.01)

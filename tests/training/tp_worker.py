@@ -11,8 +11,12 @@ Modes:
            device with the reference logits.
   autoload --nlg DIR --nlu DIR: ``AutoModelForCausalLM.from_pretrained(DIR, tp_plan="auto")`` and the
            NLU equivalent shard on load and give the single-process logits.
-  trainer  --data DIR --tp T --dp-shard S --micro M [--resume]: the Trainer with ``train.parallel``
-           (also runs without torchrun, as the one-process reference).
+  trainer  --data DIR --tp T --dp-shard S --micro M [--resume] [--sp] [--lp]: the Trainer with
+           ``train.parallel`` (also runs without torchrun, as the one-process reference).
+  sp       --gpt2 DIR: sequence parallelism, loss parallelism and both, over all ranks as TP, on the
+           converted GPT-2 and on a model with a padded vocabulary: loss, every gradient, eval
+           logits and greedy tokens against the unsharded model, and the local shapes that show
+           the sharding (the norms see 1/tp of the sequence; the logits 1/tp of the vocabulary).
 """
 
 from __future__ import annotations
@@ -96,6 +100,70 @@ def forward_mode(args, rank: int) -> dict:
     out["nlu"] = shard_report(nlu)
     if args.nlg and args.nlu:
         out.update({f"auto_{k}": v for k, v in autoload_mode(args, rank).items()})
+    return out
+
+
+def full(t):
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def sp_mode(args, rank: int) -> dict:
+    from turing_models.nlg import TuringNLGConfig
+
+    world = dist.get_world_size()
+    mesh = par.build_device_mesh(par.ParallelDims(tp=world))
+    padded = TuringNLGConfig(vocab_size=136, real_vocab_size=130, hidden_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=32, hidden_dropout=0.0,
+                             attention_dropout=0.0, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    sources = {"gpt2": lambda: TuringNLGForCausalLM.from_pretrained(args.gpt2, attn_implementation="sdpa"),
+               "padded": lambda: TuringNLGForCausalLM(padded)}
+    state = {"padded": TuringNLGForCausalLM(padded).state_dict()}
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    out: dict = {}
+    for name, build in sources.items():
+        def fresh():
+            model = build()
+            if name in state:
+                model.load_state_dict(state[name])
+            model.config._attn_implementation = "sdpa"
+            return model
+
+        ref = fresh()
+        ref_loss = ref(ids, labels=ids).loss
+        ref_loss.backward()
+        ref.eval()
+        with torch.no_grad():
+            ref_logits = ref(ids).logits
+        ref_tokens = ref.generate(ids[:1, :6], max_new_tokens=6, do_sample=False).tolist()
+        grads = {n: p.grad for n, p in ref.named_parameters()}
+        for sp, lp in ((True, False), (False, True), (True, True)):
+            model = fresh()
+            par.apply_tensor_parallel(model, mesh, sequence_parallel=sp, loss_parallel=lp)
+            seen = {}
+            norm = model.model.layers[1].post_attention_layernorm
+            def record(module, inputs):  # what the norm receives: this rank's tokens of the stream
+                seen.setdefault("norm_local", list(local(inputs[0]).shape))
+
+            hook = norm.register_forward_pre_hook(record)
+            with par.loss_parallel_context(model):
+                result = model(ids, labels=ids)
+                result.loss.backward()
+            hook.remove()
+            seen["logits_local"] = list(local(result.logits.detach()).shape)
+            grad_diff = max(float((full(p.grad) - grads[n]).abs().max()) for n, p in model.named_parameters())
+            model.eval()
+            with torch.no_grad():
+                logits = full(model(ids).logits)[..., :ref_logits.shape[-1]]
+            key = f"{name}_{'sp' if sp else ''}{'lp' if lp else ''}"
+            out[key] = {"loss": float(full(result.loss)), "ref_loss": float(ref_loss), "grad_max_diff": grad_diff,
+                        "logits_max_diff": float((logits - ref_logits).abs().max()), **seen,
+                        "seq": ids.shape[1], "vocab": model.config.vocab_size}
+            if not lp:  # generation returns to the gathered head
+                out[key]["tokens_equal"] = model.generate(ids[:1, :6], max_new_tokens=6,
+                                                          do_sample=False).tolist() == ref_tokens
     return out
 
 
@@ -204,7 +272,8 @@ def trainer_mode(args, rank: int) -> dict:
                             micro_batch_size=args.micro, lr=3e-3, warmup_steps=1, log_every=1, progress=False,
                             tensorboard=False, save_every_steps=2, keep_last=5, grad_clip=0.5,
                             activation_checkpointing=args.tp > 1,  # recomputation must not change the losses
-                            parallel=ParallelConfig(tp=args.tp, dp_shard=args.dp_shard))
+                            parallel=ParallelConfig(tp=args.tp, dp_shard=args.dp_shard, sequence_parallel=args.sp,
+                                                    loss_parallel=args.lp))
         data_rank, data_world = par.data_parallel_rank_for(cfg.parallel, rank, world)
         ds = PackedDataset(args.data, "train", seq_len=SEQ, seed=0, shuffle=True, rank=data_rank,
                            world_size=data_world)
@@ -217,7 +286,10 @@ def trainer_mode(args, rank: int) -> dict:
     final = str(trainer.save_final())
     out = {"losses": trainer.losses, "final": final, "step": summary["step"], "tokens": summary["tokens"],
            "data": [trainer.data_rank, trainer.data_world], "grad_norm": trainer.grad_norm,
-           "parallel": trainer.parallel is not None}
+           "parallel": trainer.parallel is not None,
+           # the styles that only the sequence- / loss-parallel plans install
+           "sp_applied": bool(getattr(trainer.model.model.norm_f, "_is_hooked", False)),
+           "lp_applied": bool(getattr(trainer.model.lm_head, "masks_padding", False))}
     if args.resume:
         step2 = Path(args.out) / "run" / "checkpoints"
         resumed, _ = run(str(Path(args.out) / "resumed"), resume=str(sorted(step2.glob("step-*"))[0]))
@@ -227,7 +299,9 @@ def trainer_mode(args, rank: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["forward", "train", "autoload", "trainer"])
+    ap.add_argument("mode", choices=["forward", "train", "autoload", "trainer", "sp"])
+    ap.add_argument("--sp", action="store_true", help="train.parallel.sequence_parallel")
+    ap.add_argument("--lp", action="store_true", help="train.parallel.loss_parallel")
     ap.add_argument("--data")
     ap.add_argument("--micro", type=int, default=2)
     ap.add_argument("--resume", action="store_true")
@@ -241,10 +315,11 @@ def main() -> None:
     ap.add_argument("--dp-replicate", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.mode in ("forward", "train"):  # autoload: transformers starts the group; trainer: Accelerate
+    if args.mode in ("forward", "train", "sp"):  # autoload: transformers starts the group; trainer: Accelerate
         dist.init_process_group("gloo")
     rank = int(os.environ.get("RANK", "0"))
-    fn = {"forward": forward_mode, "train": train_mode, "autoload": autoload_mode, "trainer": trainer_mode}[args.mode]
+    fn = {"forward": forward_mode, "train": train_mode, "autoload": autoload_mode, "trainer": trainer_mode,
+          "sp": sp_mode}[args.mode]
     result = fn(args, rank)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"result_{rank}.json").write_text(json.dumps(result))

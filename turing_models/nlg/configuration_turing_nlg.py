@@ -95,6 +95,18 @@ class TuringNLGConfig(PretrainedConfig):
         "layers.*.mlp.fc_in": "colwise",
         "layers.*.mlp.fc_out": "rowwise",
     }
+    # Sequence parallelism (laid over the plan above): the residual stream is sharded on the
+    # sequence from the embedding dropout to the final norm; the norms and dropouts run on the
+    # local tokens, "colwise" gathers the stream before qkv / fc_in, and the row-parallel outputs
+    # reduce-scatter onto it. Style names: turing_models.training.parallel.register_parallel_styles.
+    base_model_sp_plan = {
+        "embed_dropout": "sequence_scatter",
+        "layers.*.input_layernorm": "sequence_parallel_stream",
+        "layers.*.post_attention_layernorm": "sequence_parallel_stream",
+        "layers.*.attention.dense": "rowwise_to_sequence",
+        "layers.*.mlp.fc_out": "rowwise_to_sequence",
+        "norm_f": "sequence_parallel_stream",
+    }
 
     vocab_size: int = GPT2_VOCAB_SIZE
     real_vocab_size: Optional[int] = None

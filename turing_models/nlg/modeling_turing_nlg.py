@@ -319,6 +319,9 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
     # tensor parallelism: the vocabulary split column-wise, logits gathered (the decoder's plan is
     # TuringNLGConfig.base_model_tp_plan)
     _tp_plan = {"lm_head": "colwise_gather_output"}
+    # loss parallelism: the logits stay split on the vocabulary and the cross-entropy is computed
+    # on the shards (the caller runs the loss and its backward under torch's loss_parallel())
+    _loss_parallel_plan = {"lm_head": "colwise_loss_parallel"}
 
     def __init__(self, config: TuringNLGConfig):
         super().__init__(config)
@@ -350,9 +353,10 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
         if real < head.weight.shape[0] and _plain_linear(head):
             # against the real rows of the weight: contiguous logits, no [tokens, vocab] copy
             return F.linear(hidden, head.weight[:real], None if head.bias is None else head.bias[:real])
-        # through the module, which a tensor-parallel plan (or another wrapper) hooks
+        # through the module, which a tensor-parallel plan (or another wrapper) hooks; a head
+        # that masks its padding columns itself (vocabulary-sharded logits) returns all of them
         logits = head(hidden)
-        return logits if real >= logits.shape[-1] else logits[..., :real]
+        return logits if real >= logits.shape[-1] or getattr(head, "masks_padding", False) else logits[..., :real]
 
     def forward(
         self,

@@ -65,6 +65,13 @@ class ParallelConfig:
     """FSDP2 ranks sharding parameters, gradients and optimizer state; -1: the processes left over."""
     dp_replicate: int = 1
     """Replicas of the sharded model (HSDP, across nodes)."""
+    sequence_parallel: bool = False
+    """With ``tp`` > 1: the residual stream, norms and dropouts sharded on the sequence between the
+    tensor-parallel matmuls (reduce-scatter / all-gather in place of all-reduce); activation
+    memory outside attention and the FFN divided by ``tp``."""
+    loss_parallel: bool = False
+    """With ``tp`` > 1: the LM head's logits stay split on the vocabulary and the cross-entropy is
+    computed on the shards (no ``tokens x vocab`` gather)."""
 
     @property
     def active(self) -> bool:
@@ -160,6 +167,9 @@ class TrainerConfig:
         if self.keep_last < 1 or self.max_bad_steps < 1:
             raise UsageError(f"train.keep_last and train.max_bad_steps must be >= 1, got {self.keep_last} "
                              f"and {self.max_bad_steps}")
+        if (self.parallel.sequence_parallel or self.parallel.loss_parallel) and self.parallel.tp <= 1:
+            raise UsageError("train.parallel.sequence_parallel and train.parallel.loss_parallel split work over the "
+                             "tensor-parallel ranks; set train.parallel.tp above 1 or turn them off.")
         if self.parallel.active:  # the ranks of one tensor-parallel group share their batch
             from .parallel import ParallelDims
 

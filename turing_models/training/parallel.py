@@ -20,10 +20,20 @@ applies that plan from outside:
 Head counts must divide by the TP size (each rank holds whole heads of q, k and v: the fused QKV
 rows are laid out per head), and so must the FFN width.
 
-Not applied: sequence parallelism (the LayerNorms take and return the residual stream as a pair,
-which the engines' sequence-parallel styles, hooking one positional input, cannot shard) and loss
-parallelism (the LM head gathers its logits: at Turing-NLG 17B, micro-batch 1 x 1024 tokens, they
-are about 0.5 GB per GPU, so a vocabulary-parallel loss would save well under 1 % of 80 GiB).
+Sequence parallelism (``sp=True``, Korthikanti et al. 2022, as torchtitan applies it): between
+the tensor-parallel matmuls the residual stream, the LayerNorms and the dropouts run on ``1/tp`` of
+the sequence. The stream is a DTensor ``Shard(1)`` from the embedding dropout to the final norm;
+each column-parallel input all-gathers it (``ColwiseParallel`` redistributes to ``Replicate``) and
+each row-parallel output reduce-scatters back to it (``RowwiseParallel(output_layouts=Shard(1))``)
+in place of the all-reduce, so communication volume is unchanged. The plan is data on the model
+(``config.base_model_sp_plan``, ``_sp_plan``), with the style names registered below.
+
+Loss parallelism (``loss_parallel=True``): the LM head keeps its logits sharded on the vocabulary
+(``Shard(-1)``) and the cross-entropy runs under torch's
+:func:`~torch.distributed.tensor.parallel.loss_parallel`, which never gathers ``tokens x vocab``.
+Padding columns of the head (vocabulary padded to a multiple of 128) are masked to ``-inf`` on the
+ranks that hold them, so the loss is over the real vocabulary.
+
 Under TP the fused linear cross-entropy kernel is switched off (it reads the whole head weight).
 """
 
@@ -179,22 +189,122 @@ def data_parallel_rank(mesh) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------- #
 # The plan
 # --------------------------------------------------------------------------------------------- #
-def model_tp_plan(model: nn.Module) -> dict[str, str]:
+def _prefixed(model: nn.Module, plan: Optional[dict[str, str]]) -> dict[str, str]:
+    """A base-model plan under the base model's attribute name (``layers.*`` -> ``model.layers.*``)."""
+    plan = dict(plan or {})
+    prefix = getattr(model, "base_model_prefix", "")
+    if plan and prefix and hasattr(model, prefix) and getattr(model, prefix) is not model:
+        plan = {f"{prefix}.{k}": v for k, v in plan.items()}
+    return plan
+
+
+def model_tp_plan(model: nn.Module, *, sequence_parallel: bool = False,
+                  loss_parallel: bool = False) -> dict[str, str]:
     """The model's plan with full module names (``*`` stands for a layer number): the base model's
     ``config.base_model_tp_plan`` under its prefix, plus the class's ``_tp_plan`` (transformers'
-    ``init_parallel_plans`` assembles the same)."""
+    ``init_parallel_plans`` assembles the same).
+
+    ``sequence_parallel`` lays the base model's ``config.base_model_sp_plan`` over it (the norms,
+    the dropouts and the row-parallel outputs on a sequence-sharded stream); ``loss_parallel`` lays
+    the class's ``_loss_parallel_plan`` over it (the head's logits left vocabulary-sharded)."""
     plan = getattr(model, "tp_plan", None)
     if plan:
-        return dict(plan)
-    plan = dict(getattr(type(model), "_tp_plan", None) or {})
-    config = getattr(model, "config", None)
-    base_plan = dict(getattr(config, "base_model_tp_plan", None) or {})
-    prefix = getattr(model, "base_model_prefix", "")
-    if base_plan:
-        if prefix and hasattr(model, prefix) and getattr(model, prefix) is not model:
-            base_plan = {f"{prefix}.{k}": v for k, v in base_plan.items()}
-        plan = {**base_plan, **plan}
+        plan = dict(plan)
+    else:
+        config = getattr(model, "config", None)
+        plan = {**_prefixed(model, getattr(config, "base_model_tp_plan", None)),
+                **dict(getattr(type(model), "_tp_plan", None) or {})}
+    if sequence_parallel:
+        sp_plan = _prefixed(model, getattr(getattr(model, "config", None), "base_model_sp_plan", None))
+        if not sp_plan:
+            raise UsageError(f"{type(model).__name__} declares no sequence-parallel plan; set "
+                             "train.parallel.sequence_parallel to false.")
+        plan.update(sp_plan)
+    if loss_parallel:
+        lp_plan = dict(getattr(type(model), "_loss_parallel_plan", None) or {})
+        if not lp_plan:
+            raise UsageError(f"{type(model).__name__} declares no loss-parallel plan (its loss is not a "
+                             "vocabulary cross-entropy); set train.parallel.loss_parallel to false.")
+        plan.update(lp_plan)
     return plan
+
+
+# --------------------------------------------------------------------------------------------- #
+# Sequence- and loss-parallel styles, in transformers' style registry
+# --------------------------------------------------------------------------------------------- #
+def register_parallel_styles() -> None:
+    """Add the styles the sequence- and loss-parallel plans name to transformers' registry
+    (``ALL_PARALLEL_STYLES``); each is one of transformers' own classes with other layouts:
+
+    * ``sequence_scatter``: the replicated stream enters the sequence-sharded region (a local
+      slice in forward, an all-gather of the gradient in backward);
+    * ``sequence_parallel_stream``: a norm on the sequence-sharded stream, parameters replicated,
+      inputs and outputs kept as DTensors (``x`` and ``residual`` alike);
+    * ``rowwise_to_sequence``: a row-parallel linear layer whose partial sums are reduce-scattered
+      onto the sequence shards instead of all-reduced;
+    * ``colwise_loss_parallel``: a column-parallel head whose logits stay sharded on the
+      vocabulary, padding columns masked to ``-inf``.
+    """
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+    from transformers.distributed.tensor_parallel import (
+        ALL_PARALLEL_STYLES,
+        ColwiseParallel,
+        RowwiseParallel,
+        SequenceParallel,
+        TensorParallelLayer,
+    )
+
+    if "colwise_loss_parallel" in ALL_PARALLEL_STYLES:
+        return
+
+    class SequenceScatter(TensorParallelLayer):
+        def transform_inputs_pre_forward(self, module, args, kwargs, mesh):
+            x = args[0]
+            if not isinstance(x, DTensor):
+                x = DTensor.from_local(x, mesh, [Replicate()], run_check=False)
+            if x.placements != (Shard(1),):
+                x = x.redistribute(placements=[Shard(1)])
+            return (x,) + args[1:], kwargs
+
+    class SequenceParallelStream(SequenceParallel):
+        def transform_inputs_pre_forward(self, module, args, kwargs, mesh):
+            args, kwargs = super().transform_inputs_pre_forward(module, args, kwargs, mesh)
+            residual = kwargs.get("residual")
+            if residual is not None and not isinstance(residual, DTensor):
+                raise RuntimeError(f"sequence parallelism: the residual reaching {type(module).__name__} is not "
+                                   "sequence-sharded; the plan misses the module that produces it.")
+            return args, kwargs
+
+    class VocabParallelHead(ColwiseParallel):
+        def install_forward(self, module, mesh, *, config=None, mesh_manager=None):
+            module.masks_padding = True  # the model keeps every column: the padding ones are -inf here
+            return super().install_forward(module, mesh, config=config, mesh_manager=mesh_manager)
+
+        def transform_output_post_forward(self, module, output, mesh, config=None):
+            logits = super().transform_output_post_forward(module, output, mesh, config=config)
+            real = getattr(config, "real_vocab_size", None) or logits.shape[-1]
+            if real >= logits.shape[-1]:
+                return logits
+            mask = getattr(module, "_padding_mask", None)
+            if mask is None or mask.dtype != logits.dtype or mask.device != logits.device:
+                full = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+                full[real:] = float("-inf")
+                # each rank cuts its own slice (no communication)
+                mask = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None).to_local()
+                module._padding_mask = mask
+            local = logits.to_local() + mask
+            return DTensor.from_local(local, mesh, [Shard(-1)], run_check=False, shape=logits.shape,
+                                      stride=logits.stride())
+
+    ALL_PARALLEL_STYLES.register("sequence_scatter", SequenceScatter())
+    ALL_PARALLEL_STYLES.register("sequence_parallel_stream", SequenceParallelStream(use_local_output=False))
+    ALL_PARALLEL_STYLES.register(
+        "rowwise_to_sequence", RowwiseParallel(input_layouts=Shard(-1), output_layouts=Shard(1), use_local_output=False)
+    )
+    ALL_PARALLEL_STYLES.register(
+        "colwise_loss_parallel", VocabParallelHead(input_layouts=Replicate(), output_layouts=Shard(-1),
+                                                   use_local_output=False)
+    )
 
 
 def expand_plan(model: nn.Module, plan: dict[str, str]) -> dict[str, str]:
@@ -227,11 +337,14 @@ def expand_plan(model: nn.Module, plan: dict[str, str]) -> dict[str, str]:
     return expanded
 
 
-def apply_tensor_parallel(model: nn.Module, mesh, plan: Optional[dict[str, str]] = None) -> nn.Module:
+def apply_tensor_parallel(model: nn.Module, mesh, plan: Optional[dict[str, str]] = None, *,
+                          sequence_parallel: bool = False, loss_parallel: bool = False) -> nn.Module:
     """Shard ``model`` in place on the ``tp`` mesh by its plan, with transformers' DTensor styles.
 
     Each rank keeps only its slices (``distribute_tensor`` without a broadcast: the full weights
-    each rank already holds are cut locally, and the parameters become DTensors)."""
+    each rank already holds are cut locally, and the parameters become DTensors). With
+    ``loss_parallel`` the loss must be computed, and its backward run, under
+    :func:`loss_parallel_context`."""
     from transformers.distributed.tensor_parallel import apply_tensor_parallelism
 
     sub = tp_mesh(mesh) if mesh is not None and mesh.ndim > 1 else mesh
@@ -240,9 +353,11 @@ def apply_tensor_parallel(model: nn.Module, mesh, plan: Optional[dict[str, str]]
     config = getattr(model, "config", None)
     if config is not None:
         check_tp_size(config, sub.size())
-    plan = model_tp_plan(model) if plan is None else plan
+    if plan is None:
+        plan = model_tp_plan(model, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
     if not plan:
         raise UsageError(f"{type(model).__name__} declares no tensor-parallel plan; set train.parallel.tp to 1.")
+    register_parallel_styles()
     apply_tensor_parallelism(model, sub, expand_plan(model, plan))
     _retie(model)
     if getattr(config, "fused_cross_entropy", False):
@@ -251,7 +366,21 @@ def apply_tensor_parallel(model: nn.Module, mesh, plan: Optional[dict[str, str]]
         config.fused_cross_entropy = False
     model._tp_size = sub.size()
     model._device_mesh = sub
+    model._loss_parallel = loss_parallel
     return model
+
+
+def loss_parallel_context(model: nn.Module):
+    """torch's :func:`~torch.distributed.tensor.parallel.loss_parallel` when ``model`` was sharded
+    with ``loss_parallel`` (wrap the forward that computes the loss and its backward), else a
+    context that does nothing."""
+    import contextlib
+
+    if not getattr(model, "_loss_parallel", False):
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
 
 
 def _retie(model: nn.Module) -> None:
@@ -312,13 +441,15 @@ def _move_plain_tensors(model: nn.Module, device: torch.device) -> None:
                 table[name] = moved[id(t)]
 
 
-def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, mp_policy=None):
-    """TP on the ``tp`` mesh, then FSDP2 / HSDP on the data-parallel mesh. Returns ``(model, mesh)``.
-    A model built on the CPU is sharded there and each rank's shards land on the mesh's device."""
+def parallelize(model: nn.Module, dims: ParallelDims, mesh=None, *, mp_policy=None, sequence_parallel: bool = False,
+                loss_parallel: bool = False):
+    """TP on the ``tp`` mesh (with sequence / loss parallelism if asked), then FSDP2 / HSDP on the
+    data-parallel mesh. Returns ``(model, mesh)``. A model built on the CPU is sharded there and
+    each rank's shards land on the mesh's device."""
     if mesh is None:
         mesh = build_device_mesh(dims)
     if dims.tp > 1:
-        apply_tensor_parallel(model, mesh)
+        apply_tensor_parallel(model, mesh, sequence_parallel=sequence_parallel, loss_parallel=loss_parallel)
     if mesh.device_type != "cpu":
         index = torch.cuda.current_device() if mesh.device_type == "cuda" else None
         _move_plain_tensors(model, torch.device(mesh.device_type, index))
@@ -376,6 +507,8 @@ class TrainerParallel:
         self.dims = ParallelDims.from_config(config.parallel, world_size)
         self.dims.validate(world_size)
         self.precision = precision
+        self.sequence_parallel = bool(getattr(config.parallel, "sequence_parallel", False))
+        self.loss_parallel = bool(getattr(config.parallel, "loss_parallel", False))
         self.mesh = build_device_mesh(self.dims)
         self.data_rank, self.data_world = data_parallel_rank(self.mesh)
         if (self.data_rank, self.data_world) != data_parallel_rank_for(config.parallel, rank, world_size):
@@ -392,12 +525,17 @@ class TrainerParallel:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """TP by the model's plan, FSDP2 / HSDP over the data ranks, and (bf16 / fp16) autocast
         around the forward, as Accelerate does for the models it prepares."""
-        parallelize(model, self.dims, self.mesh)
+        parallelize(model, self.dims, self.mesh, sequence_parallel=self.sequence_parallel,
+                    loss_parallel=self.loss_parallel)
         if self.precision in ("bf16", "fp16"):
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             model.forward = torch.autocast(device_type, dtype=dtype)(model.forward)
         return model
+
+    @staticmethod
+    def loss_context(model: nn.Module):
+        return loss_parallel_context(model)
 
     @staticmethod
     def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
@@ -550,9 +688,11 @@ __all__ = [
     "expand_plan",
     "full_state_dict",
     "load_sharded_checkpoint",
+    "loss_parallel_context",
     "model_tp_plan",
     "parallelism_config",
     "parallelize",
+    "register_parallel_styles",
     "save_pretrained_full",
     "save_sharded_checkpoint",
     "tp_mesh",

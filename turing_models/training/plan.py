@@ -50,9 +50,10 @@ is on. The tests measure all of this with ``torch.autograd.graph.saved_tensors_h
 **Tensor parallelism** ``t`` (within a node, the trainer's ``train.parallel.tp``) divides the
 block weights, the embedding and the tied head by ``t``, and the activations inside attention and
 the FFN; the LayerNorm / residual activations (and the block inputs kept under checkpointing) stay
-whole on every TP rank unless ``plan.sequence_parallel`` is set, and the logits stay whole unless
-``plan.loss_parallel`` is set (Korthikanti et al. 2022). Every block then all-reduces its two
-outputs in forward and backward within the node. HSDP (``train.parallel.dp_replicate``) shards
+whole on every TP rank unless ``train.parallel.sequence_parallel`` is set, and the logits stay
+whole unless ``train.parallel.loss_parallel`` is set (Korthikanti et al. 2022). Every block then
+all-reduces its two outputs in forward and backward within the node (with sequence parallelism a
+reduce-scatter and an all-gather each, the same volume). HSDP (``train.parallel.dp_replicate``) shards
 within a node and all-reduces the gradient shards across nodes.
 
 **Host memory**: each process builds the full fp32 model before the engine shards it.
@@ -107,11 +108,6 @@ class PlanConfig:
     """Tensor-parallel size of the configured layout (TP within a node x FSDP2 across)."""
     hsdp_shard: int = 0
     """GPUs per HSDP shard group; 0 = gpus_per_node (replicate across nodes, shard within)."""
-    sequence_parallel: bool = False
-    """With TP: LayerNorm / dropout / residual activations sharded along the sequence (Megatron SP;
-    the trainer's TP does not apply it: the residual-form LayerNorm takes two inputs)."""
-    loss_parallel: bool = False
-    """With TP: vocabulary-parallel cross-entropy (the trainer's TP gathers the logits instead)."""
     intra_node_gbps: float = 450.0
     """GB/s per GPU inside a node (NVLink 4: 450 each way)."""
     inter_node_gbps: float = 50.0
@@ -509,9 +505,11 @@ def _layouts(shape: ModelShape, plan: PlanConfig, configured: Layout) -> list[La
 
 def make_plan(shape: ModelShape, plan: PlanConfig, *, micro_batch: int, global_batch: int, max_steps: int,
               checkpointing: bool, mixed_precision: bool, engine: str, flops_per_token: float,
-              tp: int = 1, dp_replicate: int = 1) -> dict[str, Any]:
+              tp: int = 1, dp_replicate: int = 1, sequence_parallel: bool = False,
+              loss_parallel: bool = False) -> dict[str, Any]:
     """The dry-run plan as plain data (what ``--dry-run --json`` prints). ``engine`` is
-    ``train.distributed``; ``tp`` / ``dp_replicate`` come from ``train.parallel`` (TP x FSDP2, HSDP)."""
+    ``train.distributed``; ``tp`` / ``dp_replicate`` / ``sequence_parallel`` / ``loss_parallel``
+    come from ``train.parallel`` (TP x FSDP2, HSDP) and apply to every TP row."""
     tokens = plan.tokens or float(max_steps) * global_batch * shape.seq_len
     total_flops = tokens * flops_per_token
     seconds = total_flops / (plan.gpus * plan.peak_tflops * 1e12 * plan.mfu)
@@ -527,8 +525,8 @@ def make_plan(shape: ModelShape, plan: PlanConfig, *, micro_batch: int, global_b
         dp = max(plan.gpus // t, 1)
         accumulation = max(global_batch // (micro_batch * dp), 1)
         row = engine_memory(shape, name, plan.gpus, micro_batch, checkpointing, mixed_precision, tp=t,
-                            shard_group=shard, sequence_parallel=plan.sequence_parallel,
-                            loss_parallel=plan.loss_parallel)
+                            shard_group=shard, sequence_parallel=sequence_parallel,
+                            loss_parallel=loss_parallel)
         comm = communication(shape, name, plan.gpus, micro_batch, accumulation, plan, tp=t, shard_group=shard,
                              mixed_precision=mixed_precision)
         label = ENGINE_NAMES[name]
@@ -576,8 +574,8 @@ def make_plan(shape: ModelShape, plan: PlanConfig, *, micro_batch: int, global_b
         ("fused cross-entropy: no logits materialised" if shape.fused_cross_entropy else
          "logits: fp32 log-softmax saved + fp32 gradient at the loss (12 bytes x tokens x vocab)"),
         "TP rows: head and embedding split over the TP ranks, logits "
-        + ("vocabulary-parallel, " if plan.loss_parallel else "gathered, ")
-        + ("sequence parallel; " if plan.sequence_parallel
+        + ("vocabulary-parallel, " if loss_parallel else "gathered, ")
+        + ("sequence parallel; " if sequence_parallel
            else "no sequence parallel (LayerNorm activations replicated); ")
         + f"TP sizes with whole heads on every rank: {', '.join(map(str, allowed_tp(shape, plan.gpus_per_node)))}",
         f"links: {plan.intra_node_gbps:g} GB/s per GPU in a node, {plan.inter_node_gbps:g} GB/s between nodes "
@@ -650,7 +648,9 @@ def plan_for_model(model, train, plan: PlanConfig, seq_len: int) -> dict[str, An
                      max_steps=train.max_steps, checkpointing=train.activation_checkpointing,
                      mixed_precision=mixed, engine=train.distributed, flops_per_token=fpt,
                      tp=int(getattr(parallel, "tp", 1) or 1),
-                     dp_replicate=int(getattr(parallel, "dp_replicate", 1) or 1))
+                     dp_replicate=int(getattr(parallel, "dp_replicate", 1) or 1),
+                     sequence_parallel=bool(getattr(parallel, "sequence_parallel", False)),
+                     loss_parallel=bool(getattr(parallel, "loss_parallel", False)))
 
 
 def format_plan(shape: ModelShape, plan: PlanConfig, *, micro_batch: int, global_batch: int,

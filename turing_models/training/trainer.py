@@ -23,6 +23,7 @@ A batch is a dict passed to ``model(**batch)``; ``loss_fn(model, batch) -> loss`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -211,7 +212,13 @@ class Trainer:
         loss = out["loss"] if isinstance(out, dict) else out.loss
         if loss is None:
             raise UsageError("the model returned no loss for a training batch; give the batch labels or pass loss_fn")
+        if hasattr(loss, "to_local"):  # a replicated DTensor (loss parallelism): every rank holds the whole value
+            loss = loss.to_local()
         return loss
+
+    def _loss_context(self):
+        """torch's ``loss_parallel()`` around a loss and its backward when ``train.parallel.loss_parallel``."""
+        return self.parallel.loss_context(self.model) if self.parallel is not None else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ training
 
@@ -259,7 +266,7 @@ class Trainer:
                 self._flops_per_token = model_flops_per_token(self._flops_model, batch["input_ids"].shape[-1])
             n_tokens = batch["input_ids"].numel() if "input_ids" in batch else 0
             self.tokens_seen += n_tokens * self.data_world
-            with acc.accumulate(model):
+            with acc.accumulate(model), self._loss_context():
                 loss = self.compute_loss(batch)
                 gathered = acc.gather(loss.detach().float().reshape(1))
                 finite = bool(torch.isfinite(gathered).all())
@@ -422,7 +429,8 @@ class Trainer:
             if any_empty:
                 break
             batch = self._to_device(batch)
-            loss = self.compute_loss(batch).double()
+            with self._loss_context():
+                loss = self.compute_loss(batch).double()
             labels = batch.get("shift_labels", batch.get("labels"))
             n = (labels != -100).sum() if labels is not None else torch.tensor(batch["input_ids"].numel())
             total += torch.stack([loss * n, n.double()]).to(total.device)
