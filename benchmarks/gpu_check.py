@@ -105,6 +105,7 @@ def step_attention(out, args):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from turing_kernels import _attention_triton as kern
     from turing_kernels import flash_attention
 
     rows = out.setdefault("rows", [])
@@ -127,9 +128,13 @@ def step_attention(out, args):
                     err = (flash_attention(q, k, v, causal=causal) - ref).abs().max().item()
                 t_ours, t_sdpa = _timer(ours), _timer(sdpa)
                 flops = 4 * batch * heads * seq * seq * head_dim * (0.5 if causal else 1.0) * 3.5
+                # the forward tile the autotuner measured best for this shape, and whether it loads through TMA
+                best = getattr(kern.attn_fwd_tuned, "best_config", None)
                 rows.append(dict(head_dim=head_dim, seq=seq, causal=causal, batch=batch, heads=heads,
                                  ours_ms=t_ours, sdpa_flash_ms=t_sdpa, speedup=t_sdpa / t_ours,
-                                 ours_tflops=flops / t_ours / 1e9, max_abs_err=err))
+                                 ours_tflops=flops / t_ours / 1e9, max_abs_err=err,
+                                 fwd_config=str(best) if best is not None else None,
+                                 fwd_tma=bool(best.kwargs.get("USE_TMA")) if best is not None else None))
                 _save(out, args)  # partial results survive a timeout
                 del q, k, v, do
                 torch.cuda.empty_cache()

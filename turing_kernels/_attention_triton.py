@@ -244,17 +244,50 @@ def _causal_split(lo, hi, diag, BLOCK: tl.constexpr, EVEN: tl.constexpr, FROM_LO
 
 
 @triton.jit
+def _row_descriptors(base, n_rows, stride, HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_D2: tl.constexpr):
+    """TMA descriptors of the two head-dim chunks of a [n_rows, HEAD_DIM] matrix at ``base`` (row
+    stride ``stride``, a multiple of 8 elements: 16-byte rows), loading [BLOCK_ROWS, BLOCK_D] and
+    [BLOCK_ROWS, BLOCK_D2] boxes. The copy engine fills rows past ``n_rows`` and columns past
+    ``HEAD_DIM`` with zeros, as the masked pointer loads do."""
+    desc_a = tl.make_tensor_descriptor(base, shape=[n_rows, HEAD_DIM], strides=[stride, 1],
+                                       block_shape=[BLOCK_ROWS, BLOCK_D])
+    if BLOCK_D2 > 0:
+        desc_b = tl.make_tensor_descriptor(base + BLOCK_D, shape=[n_rows, HEAD_DIM - BLOCK_D], strides=[stride, 1],
+                                           block_shape=[BLOCK_ROWS, BLOCK_D2])
+    else:
+        desc_b = desc_a
+    return desc_a, desc_b
+
+
+@triton.jit
+def _desc_rows(desc_a, desc_b, row, BLOCK_D2: tl.constexpr):
+    a = desc_a.load([row, 0])
+    if BLOCK_D2 > 0:
+        b = desc_b.load([row, 0])
+    else:
+        b = a
+    return a, b
+
+
+@triton.jit
 def _fwd_inner(acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, stride_kn, stride_vn, kmask_ptr, stride_mn,
                seed, rng_base, offs_m, lo, hi, len_q, len_k, seqlen_k, qk_scale_log2, dropout_p,
+               k_desc_a, k_desc_b, v_desc_a, v_desc_b,
                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_KMASK: tl.constexpr, EVEN_N: tl.constexpr,
-               ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+               ALIGNED: tl.constexpr, DOT_PREC: tl.constexpr, HAS_DROPOUT: tl.constexpr, USE_TMA: tl.constexpr):
+    """Online softmax over the key blocks [lo, hi); the ``*_desc_*`` are read only with USE_TMA."""
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_n0
-        k_a, k_b, qk = _key_block(q_a, q_b, k_base, start_n, offs_n0, len_k, stride_kn, qk_scale_log2, HEAD_DIM,
-                                  BLOCK_D, BLOCK_D2, EVEN_N or not MASKED, ALIGNED, DOT_PREC)
+        if USE_TMA:
+            k_a, k_b = _desc_rows(k_desc_a, k_desc_b, start_n, BLOCK_D2)
+            qk = _dot_t(q_a, q_b, k_a, k_b, BLOCK_D2, DOT_PREC) * qk_scale_log2
+        else:
+            k_a, k_b, qk = _key_block(q_a, q_b, k_base, start_n, offs_n0, len_k, stride_kn, qk_scale_log2, HEAD_DIM,
+                                      BLOCK_D, BLOCK_D2, EVEN_N or not MASKED, ALIGNED, DOT_PREC)
         qk = _apply_masks(qk, float("-inf"), offs_m, offs_n, len_q, len_k, kmask_ptr, stride_mn, MASKED, IS_CAUSAL,
                           HAS_KMASK)
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -265,8 +298,11 @@ def _fwd_inner(acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, stride_kn, stri
         p = tl.exp2(qk - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_a, v_b = _load_rows(_advance(v_base, start_n, stride_vn, ALIGNED), offs_n0, len_k - start_n, stride_vn,
-                              HEAD_DIM, BLOCK_D, BLOCK_D2, EVEN_N or not MASKED, ALIGNED)
+        if USE_TMA:
+            v_a, v_b = _desc_rows(v_desc_a, v_desc_b, start_n, BLOCK_D2)
+        else:
+            v_a, v_b = _load_rows(_advance(v_base, start_n, stride_vn, ALIGNED), offs_n0, len_k - start_n, stride_vn,
+                                  HEAD_DIM, BLOCK_D, BLOCK_D2, EVEN_N or not MASKED, ALIGNED)
         if HAS_DROPOUT:
             keep = _dropout_keep(seed, rng_base, offs_m, start_n, seqlen_k, dropout_p, BLOCK_N)
             p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
@@ -293,8 +329,11 @@ def _attn_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_KMASK: tl.constexpr,
     DOT_PREC: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, ALIGNED: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, ALIGNED: tl.constexpr, USE_TMA: tl.constexpr = False,
 ):
+    """One [BLOCK_M, HEAD_DIM] block of queries of one (batch, head) against all its keys.
+    ``USE_TMA`` (sm_90 and newer, aligned inputs only): key and value tiles come through tensor
+    memory accelerator descriptors built on the device, one per (sequence, head-dim chunk)."""
     pid_m = tl.program_id(0)
     off_b = tl.program_id(1)
     off_h = tl.program_id(2)
@@ -314,6 +353,12 @@ def _attn_fwd(
     kmask_ptr = KMASK + off_b.to(tl.int64) * stride_mb
     seed, rng_base = _rng_state(RNG, off_b, off_h, tl.num_programs(2), seqlen_q, seqlen_k, HAS_DROPOUT)
 
+    if USE_TMA:
+        k_desc_a, k_desc_b = _row_descriptors(k_base, len_k, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D, BLOCK_D2)
+        v_desc_a, v_desc_b = _row_descriptors(v_base, len_k, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D, BLOCK_D2)
+    else:  # unused
+        k_desc_a, k_desc_b, v_desc_a, v_desc_b = k_base, k_base, v_base, v_base
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_a = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -331,12 +376,14 @@ def _attn_fwd(
     mid = _causal_split(0, end_n, diag, BLOCK_N, EVEN_N, True)
     acc_a, acc_b, l_i, m_i = _fwd_inner(
         acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, stride_kn, stride_vn, kmask_ptr, stride_mn, seed,
-        rng_base, offs_m, 0, mid, len_q, len_k, seqlen_k, qk_scale_log2, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_D2, BLOCK_N, False, IS_CAUSAL, HAS_KMASK, EVEN_N, ALIGNED, DOT_PREC, HAS_DROPOUT)
+        rng_base, offs_m, 0, mid, len_q, len_k, seqlen_k, qk_scale_log2, dropout_p, k_desc_a, k_desc_b, v_desc_a,
+        v_desc_b, HEAD_DIM, BLOCK_D, BLOCK_D2, BLOCK_N, False, IS_CAUSAL, HAS_KMASK, EVEN_N, ALIGNED, DOT_PREC,
+        HAS_DROPOUT, USE_TMA)
     acc_a, acc_b, l_i, m_i = _fwd_inner(
         acc_a, acc_b, l_i, m_i, q_a, q_b, k_base, v_base, stride_kn, stride_vn, kmask_ptr, stride_mn, seed,
-        rng_base, offs_m, mid, end_n, len_q, len_k, seqlen_k, qk_scale_log2, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_D2, BLOCK_N, True, IS_CAUSAL, HAS_KMASK, EVEN_N, ALIGNED, DOT_PREC, HAS_DROPOUT)
+        rng_base, offs_m, mid, end_n, len_q, len_k, seqlen_k, qk_scale_log2, dropout_p, k_desc_a, k_desc_b, v_desc_a,
+        v_desc_b, HEAD_DIM, BLOCK_D, BLOCK_D2, BLOCK_N, True, IS_CAUSAL, HAS_KMASK, EVEN_N, ALIGNED, DOT_PREC,
+        HAS_DROPOUT, USE_TMA)
 
     empty = l_i == 0.0
     inv = 1.0 / tl.where(empty, 1.0, l_i)
@@ -706,15 +753,28 @@ def head_dim_class(block_d_total: int) -> int:
     return max(FWD_TILES)
 
 
-def _configs(*tile_tables):
+def _configs(*tile_tables, tma_tables=()):
+    """One configuration per distinct tile of the tables; with ``tma_tables`` (kernels that have a
+    ``USE_TMA`` switch) every configuration says ``USE_TMA`` and those tables' tiles come twice,
+    with and without TMA, for the autotuner to measure both where the pruning allows TMA."""
     seen, out = set(), []
-    for tiles in tile_tables:
-        for rows in tiles.values():
-            for bm, bn, warps, stages in rows:
-                if (bm, bn, warps, stages) not in seen:
-                    seen.add((bm, bn, warps, stages))
-                    out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages))
+    for tma, tables in ((False, tile_tables), (True, tma_tables)):
+        for tiles in tables:
+            for rows in tiles.values():
+                for bm, bn, warps, stages in rows:
+                    if (bm, bn, warps, stages, tma) not in seen:
+                        seen.add((bm, bn, warps, stages, tma))
+                        kwargs = {"BLOCK_M": bm, "BLOCK_N": bn}
+                        if tma_tables:
+                            kwargs["USE_TMA"] = tma
+                        out.append(triton.Config(kwargs, num_warps=warps, num_stages=stages))
     return out
+
+
+#: Kernels with a TMA path (sm_90 and newer: the tensor memory accelerator loads the key and value
+#: tiles through descriptors). Kept only for aligned inputs; whether it pays is the autotuner's
+#: measurement on the device, config by config against the same tile with pointer loads.
+TMA_MIN_ARCH = 90
 
 
 # Compute capability (major * 10 + minor) that pruning targets instead of the launch device's; set by
@@ -761,12 +821,15 @@ def _pruner(tiles, dropout_tiles, sm80_tiles=None, sm80_dropout_tiles=None):
         def get(name):
             return kwargs[name] if name in kwargs else named_args[name]
 
+        arch = launch_arch(named_args)
         tables = (tiles, dropout_tiles)
-        if sm80_tiles is not None and launch_arch(named_args) < 90:
+        if sm80_tiles is not None and arch < 90:
             tables = (sm80_tiles, sm80_dropout_tiles)
         wanted = set(kept_tiles(*tables, get("BLOCK_D"), get("BLOCK_D2"), get("HAS_DROPOUT")))
+        tma_ok = arch >= TMA_MIN_ARCH and bool(kwargs.get("ALIGNED", named_args.get("ALIGNED", False)))
         return [c for c in configs
-                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted
+                and (tma_ok or not c.kwargs.get("USE_TMA", False))]
 
     return prune
 
@@ -786,13 +849,14 @@ HEURISTICS = {
 }
 
 
-def _tuned(kernel, tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles):
+def _tuned(kernel, tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles, tma: bool = False):
     # The candidates are the configurations of both GPU generations; the pruning keeps those of the
     # launch device's generation, head-dim class and dropout setting.
     # ``seq_bucket`` (the longest sequence rounded up to a power of two, unused by the kernels) keys
     # the tuner, so a decode loop whose key length grows by one each step does not retune each step.
     return triton.autotune(
-        configs=_configs(tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles),
+        configs=_configs(tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles,
+                         tma_tables=(tiles, dropout_tiles) if tma else ()),
         key=["BLOCK_D", "BLOCK_D2", "IS_CAUSAL", "IS_VARLEN", "HAS_KMASK", "HAS_DROPOUT", "GROUP", "ALIGNED",
              "seq_bucket"],
         prune_configs_by={"early_config_prune": _pruner(tiles, dropout_tiles, sm80_tiles, sm80_dropout_tiles)},
@@ -805,6 +869,6 @@ attn_fwd = triton.heuristics(HEURISTICS)(_attn_fwd)
 attn_bwd_dkdv = triton.heuristics(HEURISTICS)(_attn_bwd_dkdv)
 attn_bwd_dq = triton.heuristics(HEURISTICS)(_attn_bwd_dq)
 attn_bwd_preprocess = _attn_bwd_preprocess
-attn_fwd_tuned = _tuned(attn_fwd, FWD_TILES, FWD_DROPOUT_TILES, SM80_FWD_TILES, SM80_FWD_DROPOUT_TILES)
+attn_fwd_tuned = _tuned(attn_fwd, FWD_TILES, FWD_DROPOUT_TILES, SM80_FWD_TILES, SM80_FWD_DROPOUT_TILES, tma=True)
 attn_bwd_dkdv_tuned = _tuned(attn_bwd_dkdv, DKDV_TILES, DKDV_DROPOUT_TILES, SM80_DKDV_TILES, SM80_DKDV_DROPOUT_TILES)
 attn_bwd_dq_tuned = _tuned(attn_bwd_dq, DQ_TILES, DQ_DROPOUT_TILES, SM80_DQ_TILES, SM80_DQ_DROPOUT_TILES)

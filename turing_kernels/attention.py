@@ -102,14 +102,15 @@ _FORCED: dict = {}
 
 
 @contextlib.contextmanager
-def force_tiles(fwd=None, dkdv=None, dq=None):
+def force_tiles(fwd=None, dkdv=None, dq=None, tma=None):
     """Launch with the given tiles instead of autotuning (or the interpreter's one large tile).
 
     Each: ``(BLOCK_M, BLOCK_N, num_warps, num_stages)``, as in ``_attention_triton.FWD_TILES`` /
-    ``DKDV_TILES`` / ``DQ_TILES`` (Hopper) or their ``SM80_`` counterparts (Ampere). Lets the tests run
-    every kept GPU tile shape."""
+    ``DKDV_TILES`` / ``DQ_TILES`` (Hopper) or their ``SM80_`` counterparts (Ampere). ``tma``: the
+    forward's key / value loads through TMA descriptors (True) or pointers (False, the default);
+    only for aligned inputs. Lets the tests run every kept GPU configuration."""
     saved = dict(_FORCED)
-    _FORCED.update({k: v for k, v in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq)) if v is not None})
+    _FORCED.update({k: v for k, v in (("fwd", fwd), ("dkdv", dkdv), ("dq", dq), ("tma", tma)) if v is not None})
     try:
         yield
     finally:
@@ -133,16 +134,35 @@ class Launch:
 
     def run(self, interp_tiles: Tuple[int, int]) -> None:
         forced = _FORCED.get(self.phase)
+        extra = {}
+        if self.phase == "fwd":
+            extra["USE_TMA"] = bool(_FORCED.get("tma", False))
+            if extra["USE_TMA"] and not self.meta["ALIGNED"]:
+                raise ValueError("force_tiles(tma=True) needs aligned inputs (16-byte pointers, strides of 8 elements)")
+        if not interpreting() and self.phase == "fwd":
+            _ensure_allocator()
         if forced is not None:
             bm, bn, warps, stages = forced
-            meta = dict(self.meta, BLOCK_M=bm, BLOCK_N=bn)
+            meta = dict(self.meta, BLOCK_M=bm, BLOCK_N=bn, **extra)
             opts = {} if interpreting() else dict(num_warps=warps, num_stages=stages)
             self.fixed[self.grid(meta)](*self.args, **meta, **opts)
         elif interpreting():
-            meta = dict(self.meta, BLOCK_M=interp_tiles[0], BLOCK_N=interp_tiles[1])
+            meta = dict(self.meta, BLOCK_M=interp_tiles[0], BLOCK_N=interp_tiles[1], **extra)
             self.fixed[self.grid(meta)](*self.args, **meta)
         else:
             self.tuned[self.grid](*self.args, **self.meta)
+
+
+def _ensure_allocator() -> None:
+    """TMA descriptors built on the device need a little global scratch memory per launch (128
+    bytes per descriptor and program), which Triton asks of the allocator set with
+    ``triton.set_allocator``: unless the caller set one, take it from PyTorch's caching allocator."""
+    import triton
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        # on the current device, which is the launch's: Triton launches there
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 def _common_meta(q, k, varlen, causal, kmask, dropout_p, aligned):

@@ -17,7 +17,9 @@ configuration reports:
 * ``smem``: shared memory of the launch, static plus the software-pipeline buffers, against the
   device limit;
 * ``mma``: ``wgmma`` (Hopper warpgroup MMA), ``mma`` (Ampere mma.sync) or ``none``;
-* ``loads``: ``async16`` (16-byte cp.async / TMA, pipelined), ``async8`` / ``async4`` (pipelined
+* ``loads``: ``tma`` (the tensor memory accelerator: ``cp.async.bulk.tensor`` from descriptors, the
+  forward's ``USE_TMA`` configurations on sm_90), ``async16`` (16-byte cp.async, pipelined),
+  ``async8`` / ``async4`` (pipelined
   but narrower, where a thread's share of a small tile row is only that wide), ``vec16`` (16-byte
   vector loads, not asynchronous) or ``scalar`` (2-byte loads of a 16-bit tile: a missed alignment).
 
@@ -109,7 +111,9 @@ def _grade(ptx: str, ttgir: str, tile_loads: bool) -> tuple:
     scalar = tile_loads and (narrow_async > 0 or bool(_NARROW_LD.search(ptx)))
     if scalar:
         loads = "scalar"
-    elif "cp.async.bulk.tensor" in ptx or widths:
+    elif "cp.async.bulk.tensor" in ptx:
+        loads = "tma"
+    elif widths:
         # 16 bytes per copy, or narrower (4 or 8 bytes) where a thread's share of a small tile is
         # only that wide (e.g. a 32 x 32 tile over 256 threads): vectorised, still asynchronous.
         loads = f"async{min(widths)}" if widths and min(widths) < 16 else "async16"
@@ -194,7 +198,8 @@ def attention_reports(compiler, head_dims, dtype, quick, variants):
                     meta = dict(launch.meta, **cfg.kwargs)
                     meta.update({name: fn({**named, **meta}) for name, fn in heur.items()})
                     shape = "x".join(str(cfg.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N") if k in cfg.kwargs)
-                    rep = Report(f"{launch.name:<19} {tag:<20} {shape:>7} w{cfg.num_warps} s{cfg.num_stages}",
+                    tma = " tma" if cfg.kwargs.get("USE_TMA") else ""
+                    rep = Report(f"{launch.name:<19} {tag:<20} {shape:>7} w{cfg.num_warps} s{cfg.num_stages}{tma}",
                                  head_dim=head_dim)
                     yield _compile_report(compiler, rep, jit_fn, launch.args,
                                           dict(meta, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
@@ -284,12 +289,12 @@ def summary(reports, arch, dtype) -> list:
         tiles = "+".join(str(t) for t in head_dim_tiles(head_dim) if t)
         regs = max((r.regs for r in rs), default=0)
         smem = max((r.smem for r in rs), default=0) / 1024
-        asynchronous = sum(r.loads.startswith("async") for r in mm)
+        asynchronous = sum(r.loads.startswith("async") or r.loads == "tma" for r in mm)
         lines.append(
             f"  d{head_dim} (head-dim tiles {tiles}): {len(rs)} configs, max regs {regs}, "
             f"spill bytes {sum(max(r.spill, 0) for r in rs)}, max smem {smem:.0f} KiB, "
             f"wgmma {sum(r.mma == 'wgmma' for r in mm)}/{len(mm)}, async tile loads {asynchronous}/{len(mm)} "
-            f"(16-byte in {sum(r.loads == 'async16' for r in mm)}), "
+            f"(16-byte in {sum(r.loads == 'async16' for r in mm)}, TMA in {sum(r.loads == 'tma' for r in mm)}), "
             f"scalar loads {sum(r.loads == 'scalar' for r in rs)}")
     failed = [r for r in reports if r.problems]
     problems = ", ".join(sorted({p for r in failed for p in r.problems}))

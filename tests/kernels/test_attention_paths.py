@@ -94,6 +94,62 @@ def test_every_kept_dropout_tile_shape(head_dim, fwd, dkdv, dq):
         torch.testing.assert_close(a, b, atol=4 * ATOL[DTYPE], rtol=1e-3)
 
 
+def _tma_cases():
+    """(head_dim, forward tile) for every Hopper forward tile, with and without dropout, of the
+    graded head dims, plus head dim 96 (a 128-wide chunk whose last 32 columns the copy engine fills)."""
+    cases = []
+    for table in (kern.FWD_TILES, kern.FWD_DROPOUT_TILES):
+        for head_dim, cls in ((64, 64), (96, 128), (128, 128), (152, 160)):
+            for tile in table[cls]:
+                if (head_dim, tile) not in cases:
+                    cases.append((head_dim, tile))
+    return cases
+
+
+@pytest.mark.parametrize("head_dim,fwd", _tma_cases(), ids=lambda x: "x".join(map(str, x)) if isinstance(x, tuple)
+                         else f"d{x}")
+def test_tma_forward_matches_pointer_loads(head_dim, fwd):
+    """The forward's TMA path (key / value tiles through device-built descriptors; out-of-range rows
+    and columns zero-filled by the copy engine instead of masked) gives the pointer path's output
+    bit for bit: lengths that divide the tile, lengths that do not with key padding, and varlen."""
+    q, k, v = _qkv(1, 2, 64, 64, head_dim, DTYPE)
+    q2, k2, v2 = _qkv(1, 1, 45, 70, head_dim, DTYPE, seed=1)
+    kp = torch.rand(1, 70, generator=torch.Generator().manual_seed(2)).to(DEVICE) > 0.2
+    cu = torch.tensor([0, 9, 40, 41], dtype=torch.int32, device=DEVICE)
+    g = torch.Generator().manual_seed(3)
+    qv, kv, vv = (torch.randn(41, 2, head_dim, generator=g).to(DEVICE, DTYPE) for _ in range(3))
+
+    def run(tma):
+        with force_tiles(fwd=fwd, tma=tma):
+            return [flash_attention(q, k, v, causal=True),
+                    flash_attention(q2, k2, v2, causal=False, key_padding_mask=kp),
+                    flash_attn_varlen_func(qv, kv, vv, cu, cu, 31, 31, causal=True)]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)
+    with force_tiles(fwd=fwd, tma=True), pytest.raises(ValueError, match="needs aligned inputs"):
+        flash_attention(q[..., 1:], k[..., 1:], v[..., 1:], causal=True)  # pointers off 16-byte alignment
+
+
+def test_tma_configurations_are_kept_only_where_tma_exists():
+    """The autotuner measures each Hopper forward tile with and without TMA on sm_90 for aligned
+    inputs; sm_80 and unaligned inputs never get a TMA configuration."""
+    tuned = kern.attn_fwd_tuned
+    base = dict(BLOCK_D=128, BLOCK_D2=0, HAS_DROPOUT=False, Q=None)
+
+    def kept(arch, aligned):
+        with kern.target_arch(arch):
+            configs = tuned.early_config_prune(tuned.configs, dict(base, ALIGNED=aligned))
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, c.kwargs["USE_TMA"])
+                for c in configs]
+
+    hopper = kept(90, True)
+    tiles = kern.FWD_TILES[128]
+    assert sorted(hopper) == sorted([(*t, False) for t in tiles] + [(*t, True) for t in tiles])
+    assert not any(c[-1] for c in kept(90, False))
+    assert not any(c[-1] for c in kept(80, True)) and kept(80, True)
+
+
 def test_head_dim_split_pads_nothing_in_memory():
     """Head dim 152 runs as 128 + 32 columns; the output's 152 columns are all written, and nothing
     beyond them (a wider buffer whose extra columns must stay untouched)."""

@@ -90,6 +90,10 @@ def test_attention_compile_check_sm90_passes(tmp_path):
         assert "spill bytes 0" in summary and "scalar loads 0" in summary, summary
         wg = re.search(r"wgmma (\d+)/(\d+)", summary)
         assert wg and wg.group(1) == wg.group(2), summary
+        # the forward's TMA configurations: one per kept forward tile (3 variants), each with bulk tensor copies
+        tma_lines = [line for line in _attention_lines(stdout) if " tma:" in line]
+        assert tma_lines and all("loads tma" in line for line in tma_lines), tma_lines
+        assert re.search(r"TMA in [1-9]", summary), summary
 
 
 GRADE = """
@@ -100,6 +104,7 @@ assert cc._grade("ld.global.b16 %rs1, [%rd1];\\nmma.sync.aligned.m16n8k16", "", 
 assert cc._grade("wgmma.mma_async.sync", ttgir, True) == ("wgmma", "async16")
 assert cc._grade("wgmma.mma_async.sync", ttgir.replace("= 8", "= 4"), True) == ("wgmma", "async8")
 assert cc._grade("ld.global.v4.b32", "", True) == ("none", "vec16")
+assert cc._grade("wgmma.mma_async.sync\\ncp.async.bulk.tensor.2d.shared::cluster.global", "", True) == ("wgmma", "tma")
 rep = cc.Report("x", regs=255, spill=8, mma="mma", loads="scalar")
 print("graded")
 """
