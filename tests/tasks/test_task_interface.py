@@ -171,6 +171,6 @@ def test_parity_benchmark_quick(tmp_path):
             figures = results[task][side]
             assert figures["wall_s"] > 0 and np.isfinite(figures["f1"])
     assert results["qa"]["ours"]["NoAns_f1"] >= 0 and "HasAns_f1" in results["qa"]["reference"]
-    assert json.loads((tmp_path / "r.json").read_text())["seeds"] == [0]
+    assert json.loads((tmp_path / "r.json").read_text())["seeds"] == {"qa": [0], "classification": [0]}
     config = json.loads((tmp_path / "bert-mlm-quick" / "config.json").read_text())
     assert config["model_type"] == "bert" and config["architectures"] == ["BertForMaskedLM"]
