@@ -7,8 +7,8 @@ alternating rounds so that both see the same machine load. A step is forward + b
 optimizer step.
 
 * ours: ``TuringNLGForCausalLM`` (SDPA attention, fused QKV, packed ``shift_labels`` so no shifted
-  copy of the logits) with the trainer's optimizer (``build_optimizer``: fused AdamW, no decay on
-  norms / biases / embeddings);
+  copy of the logits, the lean cross-entropy of ``turing_models.layers.loss``) with the trainer's
+  optimizer (``build_optimizer``: fused AdamW, no decay on norms / biases / embeddings);
 * peers: ``GPT2LMHeadModel`` (SDPA) with HF ``labels``, trained two ways a user would:
   ``torch.optim.AdamW`` with its defaults (plain), and ``torch.optim.AdamW(fused=True)``, which
   the HF Trainer picks by default (``adamw_torch_fused``) on recent PyTorch. Each peer has its own
@@ -19,8 +19,8 @@ turing_models/training/flops.py) against ``device_peak_flops``: a GPU's data-she
 CPU the theoretical fp32 vector peak of the threads in use (never below what was achieved, so MFU
 never reads above 100 %). Absolute numbers mean little on a shared CPU; the ratios are the figures.
 
-    python benchmarks/train.py                      # defaults: batch 2 x 512, 3 rounds
-    python benchmarks/train.py --batch 4 --rounds 5 --layers 12
+    python benchmarks/train.py                      # defaults: batch 2 x 512, 5 rounds
+    python benchmarks/train.py --batch 4 --rounds 8 --layers 12
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds per model (alternating)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="timed rounds per model (alternating); the best of each is compared (fewer read noisier)")
     p.add_argument("--steps", type=int, default=2, help="training steps per round")
     args = p.parse_args()
 

@@ -38,6 +38,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import MLP, LayerNorm, dot_product_attention, resolve_attn_implementation
+from ..layers.loss import cross_entropy
 from ..layers.config import QKV_LAYOUT
 from ..layers.state_dict_adapter import load_pretrained
 from .configuration_turing_nlg import TuringNLGConfig
@@ -346,6 +347,19 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
         weight = self.lm_head.weight
         return weight if real >= weight.shape[0] else weight[:real]
 
+    def _loss_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits over the real vocabulary, logits the loss reads)``. With a padded vocabulary and
+        a plain head the loss reads all the rows' logits (its softmax stops at the real ones): the
+        tied weight's gradient then comes from the matmul whole, with no zero-filled copy into the
+        padding rows, and the real columns returned are a view of the same tensor."""
+        real = self.config.real_vocab_size
+        head = self.lm_head
+        if real < head.weight.shape[0] and _plain_linear(head):
+            full = head(hidden)
+            return full[..., :real], full
+        logits = self._logits(hidden)
+        return logits, logits
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the real vocabulary (the padding rows of the head dropped)."""
         real = self.config.real_vocab_size
@@ -410,10 +424,12 @@ class TuringNLGForCausalLM(TuringNLGPreTrainedModel, GenerationMixin):
                     num_valid_classes=self.config.real_vocab_size,
                 )
             else:
-                logits = self._logits(hidden)
-                loss = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction=reduction
-                )
+                logits, full = self._loss_logits(hidden)
+                # only the plain head's extra columns are cut here: a vocabulary-sharded head masks
+                # its own padding (slicing its logits would gather them)
+                num_valid = logits.shape[-1] if full is not logits else None
+                loss = cross_entropy(full.reshape(-1, full.shape[-1]).float(), targets.reshape(-1),
+                                     reduction=reduction, num_valid_classes=num_valid)
             if num_items_in_batch is not None:
                 loss = loss / num_items_in_batch
         else:
